@@ -1,0 +1,6 @@
+"""Model families. Importing this package registers every architecture.
+
+Each family module is imported explicitly here: this is the only registration side effect.
+"""
+
+from keras_seg.models import unet  # noqa: F401
