@@ -23,12 +23,17 @@ class ModelSpec:
       builder: function ``(num_classes, input_shape=..., **options) -> keras.Model``.
       tiny: options that give a fast, test-size variant of the same topology.
       paper: citation or link of the paper the builder follows.
+      aux_weights: loss weight of each auxiliary / deep-supervision output, by output
+        name, in output order. Empty for single-output models. With the builder option
+        ``aux_outputs=True`` the model returns ``[logits, *aux]``; training uses these
+        weights, and export / predict use ``logits`` alone.
     """
 
     name: str
     builder: Callable[..., Any]
     tiny: Mapping[str, Any]
     paper: str = ""
+    aux_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def option_names(self) -> List[str]:
         """Keyword options the builder accepts (everything but the positional ones)."""
@@ -43,13 +48,21 @@ class ModelSpec:
 _REGISTRY: Dict[str, ModelSpec] = {}
 
 
-def register(name: str, *, tiny: Optional[Mapping[str, Any]] = None, paper: str = ""):
+def register(
+    name: str,
+    *,
+    tiny: Optional[Mapping[str, Any]] = None,
+    paper: str = "",
+    aux_weights: Optional[Mapping[str, float]] = None,
+):
     """Decorator that registers a model builder under ``name``.
 
     Args:
       name: the key users pass to :func:`keras_seg.build_model`.
       tiny: options for a fast test-size variant; every key must be a builder option.
       paper: citation of the paper the builder follows.
+      aux_weights: ``{output_name: loss_weight}`` of auxiliary outputs, in output order;
+        the builder must then take an ``aux_outputs`` option.
 
     Raises:
       ValueError: if ``name`` is already registered or ``tiny`` names an unknown option.
@@ -58,7 +71,12 @@ def register(name: str, *, tiny: Optional[Mapping[str, Any]] = None, paper: str 
     def decorator(fn):
         if name in _REGISTRY:
             raise ValueError(f"Model {name!r} is registered twice. Received: name={name!r}")
-        spec = ModelSpec(name=name, builder=fn, tiny=dict(tiny or {}), paper=paper)
+        spec = ModelSpec(
+            name=name, builder=fn, tiny=dict(tiny or {}), paper=paper,
+            aux_weights=dict(aux_weights or {}),
+        )
+        if spec.aux_weights and "aux_outputs" not in spec.option_names():
+            raise ValueError(f"Model {name!r} declares aux_weights but has no aux_outputs option")
         unknown = sorted(set(spec.tiny) - set(spec.option_names()))
         if unknown:
             raise ValueError(
