@@ -7,7 +7,7 @@ says nothing about the class: a model must learn shape. Classes: 0 background, 1
 
 Usage::
 
-    python -m data_prep.shapes --out DIR [--num_train 400 --num_val 100 --size 96]
+    python -m data_prep.shapes --out DIR [--num_train 400 --num_val 100 --size 64]
 
 writes ``DIR/images/{train,val}/*.png`` and ``DIR/masks/{train,val}/*.png``, the layout
 ``python -m data_prep.folder`` converts.
@@ -56,7 +56,7 @@ def make_example(rng: np.random.Generator, size: int):
     return np.clip(rgb, 0, 255).astype(np.uint8), np.asarray(mask, np.uint8)
 
 
-def generate(out: str, num_train: int = 400, num_val: int = 100, size: int = 96, seed: int = 0,
+def generate(out: str, num_train: int = 400, num_val: int = 100, size: int = 64, seed: int = 0,
              log=print) -> None:
     """Writes the PNG folders; the val split uses a different seed stream than train."""
     if size < 16:
@@ -89,7 +89,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output folder for images/ and masks/.")
     flags.DEFINE_integer("num_train", 400, "Training examples.")
     flags.DEFINE_integer("num_val", 100, "Validation examples.")
-    flags.DEFINE_integer("size", 96, "Image side in pixels.")
+    flags.DEFINE_integer("size", 64, "Image side in pixels.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.mark_flag_as_required("out")
     app.run(main)

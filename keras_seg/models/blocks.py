@@ -68,9 +68,10 @@ def load_weights_if_given(model: keras.Model, weights: Optional[str]) -> keras.M
     return model
 
 
-def batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3) -> keras.layers.Layer:
+def batch_norm(name: str, momentum: float = 0.9, epsilon: float = 1e-3) -> keras.layers.Layer:
     """BatchNormalization that uses the global batch statistics across replicas.
 
+    Momentum 0.9 (PyTorch's 0.1) lets the moving statistics settle within short runs.
     ``synchronized=True`` makes multi-replica training compute the same statistics as
     single-device training on the same global batch; on one device it is plain batch norm.
     """

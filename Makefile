@@ -1,0 +1,40 @@
+# keras_seg developer entry points. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Re-install whenever the packaging files change.
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+DEMO := .demo
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,prep,test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+# The default suite: fast tests only (slow ones are skipped, see test-slow).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+
+# Full-size golden tests (parameter counts, shape tables) and other slow tests.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --run_slow -m slow $(PYTEST_ARGS) tests
+
+# Prepare the built-in dataset, train U-Net, evaluate, predict (and export): ~5-8 min on 2 cores.
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/python -m data_prep.shapes --out $(DEMO)/shapes_raw
+	$(BIN)/python -m data_prep.folder --images $(DEMO)/shapes_raw/images --masks $(DEMO)/shapes_raw/masks \
+		--out $(DEMO)/shapes_tfrecords --name shapes --class_names=background,disk,square,triangle
+	$(BIN)/python -m keras_seg.train --flagfile=configs/unet.cfg --model_dir=$(DEMO)/unet_run
+	$(BIN)/python -m keras_seg.evaluate --model_dir=$(DEMO)/unet_run --split=val
+	$(BIN)/python -m keras_seg.predict --model_dir=$(DEMO)/unet_run --out=$(DEMO)/predictions \
+		$(DEMO)/shapes_raw/images/val/val_00000.png
+
+clean:
+	rm -rf $(VENV) $(DEMO) *.egg-info

@@ -1,0 +1,89 @@
+"""Joint image/label augmentation with stateless random ops (reproducible per seed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation settings.
+
+    Attributes:
+      crop_size: ``(H, W)`` of the training crops.
+      min_scale, max_scale: range of the random rescale factor.
+      flip: random horizontal flips.
+      photometric: random brightness, contrast and saturation jitter.
+      ignore_label: label of padded pixels.
+    """
+
+    crop_size: Tuple[int, int]
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    flip: bool = True
+    photometric: bool = True
+    ignore_label: int = 255
+
+
+def augment(example, seed, cfg: AugmentConfig):
+    """Random scale, pad (label: ignore), random crop, flip and photometric jitter.
+
+    Image and label are transformed jointly; labels and weights are resized with nearest
+    neighbour, images bilinearly. ``seed`` is a shape-[2] int tensor; the same seed always
+    gives the same result.
+
+    Args:
+      example: dict from :func:`keras_seg.data.decode.decode_example`.
+      seed: stateless seed, shape [2].
+      cfg: :class:`AugmentConfig`.
+
+    Returns:
+      dict with ``image`` float32 (crop_h, crop_w, 3) in [0, 255], ``label`` uint8 and
+      ``weight`` float32 of shape (crop_h, crop_w, 1).
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
+    image = tf.cast(example["image"], tf.float32)
+    label, weight = example["label"], example["weight"]
+    crop_h, crop_w = cfg.crop_size
+
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.random.stateless_uniform([], seeds[0], cfg.min_scale, cfg.max_scale)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
+    image = tf.image.resize(image, new_hw, method="bilinear")
+    label = tf.image.resize(label, new_hw, method="nearest")
+    weight = tf.image.resize(weight, new_hw, method="nearest")
+
+    pad_h = tf.maximum(crop_h - new_hw[0], 0)
+    pad_w = tf.maximum(crop_w - new_hw[1], 0)
+    paddings = [[0, pad_h], [0, pad_w], [0, 0]]
+    image = tf.pad(image, paddings)
+    label = tf.pad(label, paddings, constant_values=cfg.ignore_label)
+    weight = tf.pad(weight, paddings)
+
+    size = tf.shape(label)[:2]
+    top = tf.random.stateless_uniform([], seeds[1], 0, size[0] - crop_h + 1, tf.int32)
+    left = tf.random.stateless_uniform([], seeds[2], 0, size[1] - crop_w + 1, tf.int32)
+    image = image[top : top + crop_h, left : left + crop_w]
+    label = label[top : top + crop_h, left : left + crop_w]
+    weight = weight[top : top + crop_h, left : left + crop_w]
+
+    if cfg.flip:
+        do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+        image, label, weight = tf.cond(
+            do_flip,
+            lambda: (tf.reverse(image, [1]), tf.reverse(label, [1]), tf.reverse(weight, [1])),
+            lambda: (image, label, weight),
+        )
+    if cfg.photometric:
+        x = image / 255.0
+        x = tf.image.stateless_random_brightness(x, 0.125, seeds[4])
+        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[5])
+        x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[6])
+        image = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    image = tf.ensure_shape(image, [crop_h, crop_w, 3])
+    label = tf.ensure_shape(label, [crop_h, crop_w, 1])
+    weight = tf.ensure_shape(weight, [crop_h, crop_w, 1])
+    return {"image": image, "label": label, "weight": weight}

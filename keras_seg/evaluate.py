@@ -1,0 +1,71 @@
+r"""Evaluates a trained model on a dataset split and prints per-class IoU.
+
+    python -m keras_seg.evaluate --model_dir=runs/unet_shapes [--split=val]
+        [--data_dir=DIR] [--checkpoint=latest|best|PATH] [--batch_size=1]
+
+Writes ``<model_dir>/eval/evaluate-<split>-<step>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
+        batch_size: int = 1, out: str = None, log=print):
+    """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON."""
+    from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import evaluate, format_iou_table, scores_to_json  # pylint: disable=import-outside-toplevel
+
+    model, config, path = load_trained_model(model_dir, checkpoint)
+    data_dir = data_dir or config["data_dir"]
+    manifest = load_manifest(data_dir)
+    if manifest["num_classes"] != config["num_classes"]:
+        raise ValueError(
+            f"{data_dir} has num_classes={manifest['num_classes']} but the model was trained with "
+            f"{config['num_classes']}. Pass the --data_dir the model was trained for."
+        )
+    ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False))
+    log(f"Evaluating {path} on {data_dir} split {split!r} ...")
+    scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log)
+    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
+    record = scores_to_json(scores, manifest["class_names"], step)
+    record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir)})
+    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    atomic_write_json(out, record)
+    log(format_iou_table(scores, manifest["class_names"]))
+    log(f"wrote {out}")
+    return scores, record
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+
+    try:
+        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model_dir", None, "Training directory (holds model_config.json and ckpt/).")
+    flags.DEFINE_string("split", "val", "Split to evaluate.")
+    flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model trained on).")
+    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
+    flags.DEFINE_integer("batch_size", 1, "Images per batch (1 evaluates every image at its own size).")
+    flags.DEFINE_string("out", None, "JSON output path.")
+    flags.mark_flag_as_required("model_dir")
+    app.run(main)

@@ -1,0 +1,109 @@
+r"""Predicts segmentation maps for images.
+
+    python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds IMAGE [IMAGE ...]
+
+For each image writes ``<out>/<stem>_label.png`` (8-bit class ids) and
+``<out>/<stem>_overlay.png`` (the image blended with the class palette), both at the
+image's original size.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Reads an image as uint8 RGB (H, W, 3); raises ValueError naming the file if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path}: file not found.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot decode the image ({e}); it is corrupt or not an image.") from e
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Maps class ids (H, W) to palette colours (H, W, 3); ids outside the palette are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[labels]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
+    """Blends the colourised labels over the image."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, palette).astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def write_outputs(out_dir: str, stem: str, image: np.ndarray, labels: np.ndarray, palette) -> List[str]:
+    """Writes the label PNG and the overlay PNG (through temporary names); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for suffix, arr in (("label", labels.astype(np.uint8)), ("overlay", overlay(image, labels, palette))):
+        path = os.path.join(out_dir, f"{stem}_{suffix}.png")
+        tmp = f"{path}.tmp-{os.getpid()}.png"
+        Image.fromarray(arr).save(tmp)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def predict_keras(model, image: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) for one uint8 RGB image, through the shared normalisation."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
+
+    x = normalize_image(tf.convert_to_tensor(image[None]))
+    logits = model(x, training=False)
+    labels = np.asarray(tf.argmax(logits, axis=-1)[0]).astype(np.uint8)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"model returned {labels.shape} for an image of {image.shape[:2]}")
+    return labels
+
+
+def run(model_dir: str, images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print) -> List[str]:
+    """Predicts every image with the Keras model of ``model_dir``; returns written paths."""
+    from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
+
+    if not images:
+        raise ValueError("no images given: pass image paths after the flags.")
+    model, config, _ = load_trained_model(model_dir, checkpoint)
+    written = []
+    for i, path in enumerate(images, 1):
+        image = read_rgb(path)
+        labels = predict_keras(model, image)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        written += write_outputs(out_dir, stem, image, labels, config["palette"])
+        log(f"[{i}/{len(images)}] {path}: {image.shape[1]}x{image.shape[0]} -> {written[-2]}, {written[-1]}")
+    return written
+
+
+def main(argv):
+    from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+
+    try:
+        run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model_dir", None, "Training directory.")
+    flags.DEFINE_string("out", "predictions", "Output folder.")
+    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
+    flags.mark_flag_as_required("model_dir")
+    app.run(main)

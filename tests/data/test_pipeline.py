@@ -1,0 +1,91 @@
+"""keras_seg.data: decode, augment, normalise and make_dataset."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep.folder import convert_folder
+from keras_seg.data import AugmentConfig, DataConfig, augment, make_dataset, normalize_image
+from keras_seg.data.manifest import ManifestError
+from keras_seg.data.preprocess import MEAN_RGB, STD_RGB
+from tests.data.fixtures import make_folder_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    make_folder_dataset(root / "src", n_train=8, n_val=3)
+    convert_folder(str(root / "src/images"), str(root / "src/masks"), str(root / "tfr"), ["a", "b", "c"],
+                   workers=1, shard_mb=0.003, log=lambda m: None)
+    return str(root / "tfr")
+
+
+def test_normalize_image_is_imagenet_standardisation():
+    x = np.array([[[0, 128, 255]]], np.uint8)
+    want = (x / 255.0 - np.array(MEAN_RGB)) / np.array(STD_RGB)
+    np.testing.assert_allclose(normalize_image(x).numpy(), want, rtol=1e-6)
+
+
+def test_training_batches_have_crop_shape_and_valid_labels(dataset_dir):
+    cfg = DataConfig(dataset_dir, "train", batch_size=4, training=True,
+                     augment=AugmentConfig(crop_size=(16, 32), min_scale=0.5, max_scale=1.5, ignore_label=255))
+    for images, labels, weights in make_dataset(cfg).take(3):
+        assert images.shape == (4, 16, 32, 3) and images.dtype == tf.float32
+        assert labels.shape == (4, 16, 32) and labels.dtype == tf.int32
+        assert weights.shape == (4, 16, 32)
+        assert set(np.unique(labels.numpy())) <= {0, 1, 2, 255}  # nearest resize: no new values
+
+
+def test_training_stream_is_deterministic_and_skippable(dataset_dir):
+    aug = AugmentConfig(crop_size=(16, 16), ignore_label=255)
+    a = [b[1].numpy() for b in make_dataset(DataConfig(dataset_dir, "train", 2, True, aug, seed=3)).take(5)]
+    b = [b[1].numpy() for b in make_dataset(DataConfig(dataset_dir, "train", 2, True, aug, seed=3)).take(5)]
+    c = [b[1].numpy() for b in make_dataset(DataConfig(dataset_dir, "train", 2, True, aug, seed=3, skip_batches=2)).take(3)]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(a[2:], c):  # a resumed stream continues exactly where it left off
+        np.testing.assert_array_equal(x, y)
+
+
+def test_eval_batches_are_full_images(dataset_dir):
+    ds = make_dataset(DataConfig(dataset_dir, "val", batch_size=1, training=False))
+    shapes = [tuple(img.shape) for img, _, _ in ds]
+    assert shapes == [(1, 20, 24, 3)] * 3
+
+
+def test_augment_pads_with_ignore_and_keeps_alignment():
+    image = tf.reshape(tf.range(6 * 8 * 3, dtype=tf.float32) % 256, (6, 8, 3))
+    label = tf.cast(tf.reshape(tf.range(6 * 8) % 3, (6, 8, 1)), tf.uint8)
+    ex = {"image": tf.cast(image, tf.uint8), "label": label, "weight": tf.ones((6, 8, 1))}
+    cfg = AugmentConfig(crop_size=(10, 12), min_scale=1.0, max_scale=1.0, flip=False, photometric=False, ignore_label=255)
+    out = augment(ex, tf.constant([1, 2], tf.int64), cfg)
+    lab = out["label"].numpy()[..., 0]
+    assert lab.shape == (10, 12)
+    assert (lab == 255).sum() == 10 * 12 - 6 * 8  # padding is ignore, every source pixel kept
+    np.testing.assert_array_equal(lab[:6, :8], label.numpy()[..., 0])
+    assert out["weight"].numpy()[lab == 255].sum() == 0
+    # Same seed, same result; flips move image and label together.
+    cfg2 = AugmentConfig(crop_size=(6, 8), min_scale=1.0, max_scale=1.0, flip=True, photometric=False)
+    outs = [augment(ex, tf.constant([s, 0], tf.int64), cfg2) for s in range(8)]
+    for o in outs:
+        flipped = np.array_equal(o["label"].numpy(), label.numpy()[:, ::-1])
+        same = np.array_equal(o["label"].numpy(), label.numpy())
+        assert flipped or same
+        ref_img = ex["image"].numpy()[:, ::-1] if flipped else ex["image"].numpy()
+        np.testing.assert_allclose(o["image"].numpy(), ref_img)
+    assert any(np.array_equal(o["label"].numpy(), label.numpy()[:, ::-1]) for o in outs)
+
+
+def test_input_context_shards_and_splits_batch(dataset_dir):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+    ds = make_dataset(DataConfig(dataset_dir, "train", 4, True, AugmentConfig(crop_size=(8, 8))), ctx)
+    assert next(iter(ds))[0].shape[0] == 2  # per-replica batch
+    with pytest.raises(ValueError, match="does not divide"):
+        make_dataset(DataConfig(dataset_dir, "train", 3, True, AugmentConfig(crop_size=(8, 8))), ctx)
+
+
+def test_missing_manifest_and_unknown_split(tmp_path, dataset_dir):
+    with pytest.raises(ManifestError, match="No manifest.json"):
+        make_dataset(DataConfig(str(tmp_path), "train", 1, False))
+    with pytest.raises(ManifestError, match="Split 'test' is not in"):
+        make_dataset(DataConfig(dataset_dir, "test", 1, False))

@@ -1,0 +1,164 @@
+"""The training loop, resume, CLIs (train / evaluate / predict) and distributed equivalence."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data_prep.folder import convert_folder
+from keras_seg.checkpoints import CheckpointError, load_trained_model
+from keras_seg.flags import TrainConfig
+from keras_seg.training import NonFiniteLossError, train
+from tests.data.fixtures import make_folder_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_folder_dataset(root / "src", n_train=8, n_val=2)
+    convert_folder(str(root / "src/images"), str(root / "src/masks"), str(root / "tfr"), ["a", "b", "c"],
+                   workers=1, log=lambda m: None)
+    return str(root / "tfr")
+
+
+def _cfg(data_dir, model_dir, **kw):
+    base = dict(model="unet", num_classes=3, data_dir=data_dir, model_dir=str(model_dir), model_options=TINY,
+                crop_size=(16, 16), batch_size=2, train_steps=4, learning_rate=0.01, log_every=2,
+                checkpoint_every=2, strategy="one_device", seed=1, optimizer="adamw")
+    base.update(kw)
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+def _run(args, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=REPO, env=env, **kw)
+
+
+def test_train_writes_model_dir_and_resumes_exactly(data_dir, tmp_path):
+    logs = []
+    res = train(_cfg(data_dir, tmp_path / "a", eval_every=2), log=logs.append)
+    assert res.step == 4 and np.isfinite(res.loss)
+    for sub in ("model_config.json", "ckpt/checkpoint", "best/best.json", "eval/metrics-00000002.json",
+                "eval/metrics-00000004.json"):
+        assert (tmp_path / "a" / sub).exists(), sub
+    assert any(l.startswith("step 2/4  loss") and "img/s" in l and "ETA" in l for l in logs)
+    rec = json.loads((tmp_path / "a/eval/metrics-00000004.json").read_text())
+    assert set(rec) >= {"acc", "acc_cls", "mean_iu", "fwavacc", "iu", "confusion_matrix"}
+    assert np.sum(rec["confusion_matrix"]) == 2 * (20 * 24 - 3)  # every non-ignored val pixel
+    assert os.listdir(tmp_path / "a/train")  # TensorBoard events
+
+    # Interrupted run: 2 steps, then the same config to 4 steps resumes and matches.
+    train(_cfg(data_dir, tmp_path / "b", steps_per_run=2), log=lambda m: None)
+    logs_b = []
+    train(_cfg(data_dir, tmp_path / "b"), log=logs_b.append)
+    assert any("Resumed from" in l and "at step 2" in l for l in logs_b)
+    wa, _, _ = load_trained_model(str(tmp_path / "a"))
+    wb, _, _ = load_trained_model(str(tmp_path / "b"))
+    for x, y in zip(wa.get_weights(), wb.get_weights()):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_refuses_mismatches(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="manifest.json has num_classes=3"):
+        train(_cfg(data_dir, tmp_path / "m", num_classes=4), log=lambda m: None)
+    train(_cfg(data_dir, tmp_path / "m", train_steps=1), log=lambda m: None)
+    other = dict(TINY, base_width=8)
+    with pytest.raises(ValueError, match="holds a run with model_options"):
+        train(_cfg(data_dir, tmp_path / "m", model_options=other), log=lambda m: None)
+    with pytest.raises(ValueError, match=r"--model_opt keys \['nope'\]"):
+        _cfg(data_dir, tmp_path / "x", model_options={"nope": 1})
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path / "n", class_weights=(1e38, 1e38, 1e38), train_steps=3)
+    with pytest.raises(NonFiniteLossError, match=r"at step 1\. Last good checkpoint: none"):
+        train(cfg, log=lambda m: None)
+
+
+def test_unwritable_model_dir(data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="is not writable"):
+        train(_cfg(data_dir, blocker / "sub"), log=lambda m: None)
+
+
+def test_cli_flagfiles_nest_and_unknown_flag_hint(data_dir, tmp_path):
+    base = tmp_path / "base.cfg"
+    base.write_text(f"--data_dir={data_dir}\n--num_classes=3\n--crop_size=16,16\n--batch_size=2\n--train_steps=5\n")
+    top = tmp_path / "top.cfg"
+    top.write_text(f"--flagfile={base}\n--model=unet\n--model_opt=base_width=4\n--model_opt=depth=2\n"
+                   f"--train_steps=2\n--model_dir={tmp_path / 'cli'}\n--log_every=1\n--strategy=one_device\n")
+    r = _run(["-m", "keras_seg.train", f"--flagfile={top}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 2/2" in r.stdout and "mean_iu" in r.stdout  # the last value wins: 2 steps, not 5
+    flags_txt = (tmp_path / "cli/flags.txt").read_text()
+    assert "--train_steps=2" in flags_txt and "--model_opt=depth=2" in flags_txt
+
+    r = _run(["-m", "keras_seg.evaluate", f"--model_dir={tmp_path / 'cli'}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mean_iu" in r.stdout and list((tmp_path / "cli/eval").glob("evaluate-val-00000002.json"))
+
+    img = np.random.default_rng(0).integers(0, 255, (37, 51, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "pic.jpg")
+    r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path / 'cli'}", f"--out={tmp_path / 'pred'}",
+              str(tmp_path / "pic.jpg")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    lab = np.asarray(Image.open(tmp_path / "pred/pic_label.png"))
+    ov = np.asarray(Image.open(tmp_path / "pred/pic_overlay.png"))
+    assert lab.shape == (37, 51) and lab.max() < 3 and ov.shape == (37, 51, 3)
+
+    r = _run(["-m", "keras_seg.train", f"--flagfile={top}", "--learning_rat=0.1"])
+    assert r.returncode != 0 and "learning_rat" in r.stderr and "learning_rate" in r.stderr
+
+
+def test_evaluate_and_predict_refuse_untrained_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="not a keras_seg training directory"):
+        load_trained_model(str(tmp_path))
+    r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", "x.png"])
+    assert r.returncode == 1 and "not a keras_seg training directory" in r.stderr
+
+
+DIST_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from keras_seg.flags import TrainConfig
+    from keras_seg.training import train
+    from keras_seg.checkpoints import load_trained_model
+    data_dir, out = sys.argv[1], sys.argv[2]
+    res = {}
+    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=f"{out}/{name}",
+                          model_options={"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0},
+                          crop_size=(16, 16), batch_size=4, train_steps=3, learning_rate=0.05, log_every=1,
+                          eval_split="", seed=7, optimizer="sgd")
+        r = train(cfg, strategy=strategy, log=lambda m: None)
+        m, _, _ = load_trained_model(f"{out}/{name}")
+        res[name] = (strategy.num_replicas_in_sync, r.loss, [w.tolist() for w in m.get_weights()])
+    json.dump(res, open(f"{out}/res.json", "w"))
+""")
+
+
+def test_mirrored_two_devices_equals_single_device(data_dir, tmp_path):
+    script = tmp_path / "dist.py"
+    script.write_text(DIST_SCRIPT)
+    r = _run([str(script), data_dir, str(tmp_path)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert res["one"][0] == 1 and res["two"][0] == 2
+    assert res["two"][1] == pytest.approx(res["one"][1], rel=1e-5)
+    for a, b in zip(res["one"][2], res["two"][2]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
