@@ -263,7 +263,9 @@ def write_dataset(
             pool = None
         else:
             pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-            iterator = pool.imap_unordered(_indexed, list(enumerate(tasks)))
+            # Largest shards first, so that no big shard starts last while other workers idle.
+            order = sorted(range(len(tasks)), key=lambda i: -sum(max(it.size_hint, 1) for it in tasks[i][0]))
+            iterator = pool.imap_unordered(_indexed, [(i, tasks[i]) for i in order])
         try:
             for i, res in iterator:
                 results[i] = res
