@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_prep.cityscapes import convert_cityscapes
 from data_prep.writer import ConversionError
-from tests.data.util import by_key, save_png
+from tests.data.util import by_key, save_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = "cityscapes_sample/tests/data/pseudo_cityscapes_dataset"
@@ -70,8 +70,8 @@ def test_sample_label_train_ids_option_reads_them_unchanged(sample, tmp_path):
 
 def _synthetic(root, split, city, frame, label):
     stem = f"{city}_000001_{frame}"
-    save_png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", np.zeros(label.shape + (3,)))
-    save_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
+    save_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", np.zeros(label.shape + (3,)))
+    save_image(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
     return stem
 
 
@@ -91,8 +91,8 @@ def test_every_label_id_maps_and_only_present_splits_convert(tmp_path):
 def test_missing_label_file_and_bad_name_are_reported(tmp_path):
     src = tmp_path / "src"
     _synthetic(src, "val", "ulm", "000003", np.zeros((4, 4)))
-    save_png(src / "leftImg8bit/val/ulm/ulm_000001_000004_leftImg8bit.png", np.zeros((4, 4, 3)))
-    save_png(src / "leftImg8bit/val/ulm/ulm_badname_leftImg8bit.png", np.zeros((4, 4, 3)))
+    save_image(src / "leftImg8bit/val/ulm/ulm_000001_000004_leftImg8bit.png", np.zeros((4, 4, 3)))
+    save_image(src / "leftImg8bit/val/ulm/ulm_badname_leftImg8bit.png", np.zeros((4, 4, 3)))
     with pytest.raises(ConversionError) as err:
         convert_cityscapes(str(src), str(tmp_path / "out"), workers=1, log=_quiet)
     msg = str(err.value)
@@ -105,7 +105,7 @@ def test_truncated_image_is_reported_with_its_path(tmp_path):
     src = tmp_path / "src"
     stem = _synthetic(src, "val", "ulm", "000003", np.zeros((40, 40)))
     img = src / f"leftImg8bit/val/ulm/{stem}_leftImg8bit.png"
-    save_png(img, np.random.default_rng(0).integers(0, 256, (40, 40, 3)))
+    save_image(img, np.random.default_rng(0).integers(0, 256, (40, 40, 3)))
     img.write_bytes(img.read_bytes()[:-200])
     with pytest.raises(ConversionError, match=f"{img}: the image cannot be decoded"):
         convert_cityscapes(str(src), str(tmp_path / "out"), workers=1, log=_quiet)

@@ -14,7 +14,7 @@ from PIL import Image
 from data_prep.folder import convert_folder
 from data_prep.verify import format_report, verify_dataset
 from keras_seg.data import features as F
-from tests.data.util import record_offsets, save_png
+from tests.data.util import record_offsets, save_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,10 +26,10 @@ def dataset(tmp_path):
     for split, n in (("train", 4), ("val", 3)):
         for i in range(n):
             h, w = 20 + i, 24
-            save_png(tmp_path / "src" / "images" / split / f"{split}{i}.png", rng.integers(0, 256, (h, w, 3)))
+            save_image(tmp_path / "src" / "images" / split / f"{split}{i}.png", rng.integers(0, 256, (h, w, 3)))
             mask = rng.integers(0, 3, (h, w))
             mask[0, :5] = 255
-            save_png(tmp_path / "src" / "masks" / split / f"{split}{i}.png", mask)
+            save_image(tmp_path / "src" / "masks" / split / f"{split}{i}.png", mask)
     out = tmp_path / "out"
     convert_folder(str(tmp_path / "src" / "images"), str(tmp_path / "src" / "masks"), str(out),
                    ["a", "b", "c"], workers=1, log=lambda _: None)

@@ -18,7 +18,8 @@ def link(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     return dst
 
 
-def save_png(path: pathlib.Path, arr: np.ndarray) -> pathlib.Path:
+def save_image(path: pathlib.Path, arr: np.ndarray) -> pathlib.Path:
+    """Saves uint8 ``arr`` (format from the suffix), creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(arr, np.uint8)).save(path)
     return path
