@@ -164,7 +164,7 @@ def _write_shard(task) -> Dict[str, Any]:
                 meta=item.meta,
                 weight=loaded.weight,
             )
-            writer.write(ex.SerializeToString())
+            writer.write(ex.SerializeToString(deterministic=True))  # sorted map keys: same bytes every run
             written += 1
     return {
         "counts": counts,
