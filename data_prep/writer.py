@@ -258,7 +258,7 @@ def write_dataset(
         start = time.time()
         results: List[Optional[Dict[str, Any]]] = [None] * len(tasks)
         done = 0
-        if workers == 1:
+        if min(workers, len(tasks)) == 1:  # one shard: no process to spawn
             iterator = ((i, _write_shard(t)) for i, t in enumerate(tasks))
             pool = None
         else:
