@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Dict, List, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Sequence, TypeVar
 
 from absl import flags
 
@@ -88,5 +88,3 @@ def count_items(splits: Dict[str, Sequence]) -> str:
     """``"train 367, val 101"``: a one-line summary for progress output."""
     return ", ".join(f"{k} {len(v)}" for k, v in splits.items())
 
-
-Pair = Tuple[str, str]

@@ -290,9 +290,11 @@ def verify_dataset(data_dir: str, *, splits: Optional[Sequence[str]] = None,
             report.problems.append(Problem(os.path.join(data_dir, "manifest.json"), None,
                                            f"split {split!r}: manifest says {entry.get('num_examples')} examples, "
                                            f"the shards hold {sr.num_records}."))
-        elif clean and sr.class_counts(n) != list(entry.get("pixel_counts", [])):
+        elif clean and (sr.class_counts(n) != list(entry.get("pixel_counts", []))
+                        or (ignore >= n and int(sr.pixel_counts[ignore]) != entry.get("ignored_pixels"))):
             report.problems.append(Problem(os.path.join(data_dir, "manifest.json"), None,
-                                           f"split {split!r}: pixel_counts differ from the records' labels; "
+                                           f"split {split!r}: pixel_counts or ignored_pixels differ from the "
+                                           "records' labels; "
                                            "the manifest is stale. Fix: re-run the converter."))
     return report
 

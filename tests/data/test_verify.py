@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,18 @@ def test_bad_record_is_named(dataset, change, message):
     assert [(p.file, p.record) for p in report.problems] == [(str(shard), 0)], report.problems
     assert message in report.problems[0].message
     assert report.problems[0].key == "val0"
+
+
+@pytest.mark.parametrize("field", ["pixel_counts", "ignored_pixels", "num_examples"])
+def test_stale_manifest_is_a_problem(dataset, field):
+    path = dataset / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["splits"]["val"]
+    entry[field] = [v + 1 for v in entry[field]] if field == "pixel_counts" else entry[field] + 1
+    path.write_text(json.dumps(manifest))
+    report = verify_dataset(str(dataset))
+    assert [(p.file, p.record) for p in report.problems] == [(str(path), None)]
+    assert "split 'val'" in report.problems[0].message
 
 
 def test_missing_manifest_is_a_problem(tmp_path):
