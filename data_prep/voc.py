@@ -153,7 +153,8 @@ def _sbd_items(sbd: str, voc_root: str, exclude: set, errors: List[str], log) ->
             if os.path.isfile(p):
                 got, errs = read_id_list(p)
                 errors += errs
-                ids += [i for i in got if i not in ids]
+                ids += got
+        ids = list(dict.fromkeys(ids))  # de-duplicated, in list order
     else:
         ids = sorted(n[:-4] for n in os.listdir(os.path.join(sbd, "cls")) if n.endswith(".mat"))
     kept = [i for i in ids if i not in exclude]
