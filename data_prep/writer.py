@@ -164,7 +164,7 @@ def _write_shard(task) -> Dict[str, Any]:
                 meta=item.meta,
                 weight=loaded.weight,
             )
-            writer.write(ex.SerializeToString())
+            writer.write(ex.SerializeToString(deterministic=True))  # sorted map keys: same bytes every run
             written += 1
     return {
         "counts": counts,
@@ -254,16 +254,19 @@ def write_dataset(
                 tasks.append((shard_items, load, info, os.path.join(staging, name + ".tmp")))
                 where.append((split, name, len(shard_items)))
         total = sum(n for _, _, n in where)
-        log(f"Converting {total} examples in {len(tasks)} shards with {workers} worker(s)...")
+        procs = min(workers, len(tasks))
+        log(f"Converting {total} examples in {len(tasks)} shards with {procs} worker(s)...")
         start = time.time()
         results: List[Optional[Dict[str, Any]]] = [None] * len(tasks)
         done = 0
-        if workers == 1:
+        if procs == 1:  # one worker or one shard: write in this process, nothing to spawn
             iterator = ((i, _write_shard(t)) for i, t in enumerate(tasks))
             pool = None
         else:
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-            iterator = pool.imap_unordered(_indexed, list(enumerate(tasks)))
+            pool = multiprocessing.get_context("spawn").Pool(procs)
+            # Largest shards first, so that no big shard starts last while other workers idle.
+            order = sorted(range(len(tasks)), key=lambda i: -sum(max(it.size_hint, 1) for it in tasks[i][0]))
+            iterator = pool.imap_unordered(_indexed, [(i, tasks[i]) for i in order])
         try:
             for i, res in iterator:
                 results[i] = res
