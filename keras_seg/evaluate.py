@@ -24,6 +24,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
+    from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
     from keras_seg.training import evaluate, format_iou_table, scores_to_json  # pylint: disable=import-outside-toplevel
 
     model, config, path = load_trained_model(model_dir, checkpoint)
@@ -44,6 +45,12 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
     log(format_iou_table(scores, manifest["class_names"]))
+    const_class, const = best_constant_prediction(scores["confusion_matrix"])
+    record["constant_baseline"] = {"class": manifest["class_names"][const_class], "mean_iu": const["mean_iu"],
+                                   "acc": const["acc"]}
+    atomic_write_json(out, record)
+    log(f"best constant prediction (always {manifest['class_names'][const_class]!r}): "
+        f"mean_iu {const['mean_iu']:.4f}  acc {const['acc']:.4f}")
     log(f"wrote {out}")
     return scores, record
 

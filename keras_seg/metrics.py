@@ -124,3 +124,22 @@ class StreamingConfusionMatrixMetric(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "ignore_label": self.ignore_label}
+
+
+def best_constant_prediction(hist):
+    """Scores of the best constant predictor for a confusion matrix's ground truth.
+
+    Predicting class ``c`` everywhere gives ``IoU_c = rows[c] / total`` and IoU 0 for every
+    other class present in the truth; returns ``(c, scores)`` for the ``c`` with the highest
+    mean IoU: the baseline a trained model must clearly beat.
+    """
+    hist = np.asarray(hist, np.float64)
+    rows = hist.sum(axis=1)
+    best = None
+    for c in range(hist.shape[0]):
+        const = np.zeros_like(hist)
+        const[:, c] = rows
+        scores = scores_from_confusion_matrix(const)
+        if best is None or scores["mean_iu"] > best[1]["mean_iu"]:
+            best = (c, scores)
+    return best

@@ -71,3 +71,12 @@ def test_reset_and_bad_args():
     assert np.all(m.confusion_matrix() == 0)
     with pytest.raises(ValueError, match="num_classes"):
         StreamingConfusionMatrixMetric(num_classes=0)
+
+
+def test_best_constant_prediction():
+    from keras_seg.metrics import best_constant_prediction
+
+    hist = np.array([[70, 10, 0], [5, 10, 0], [0, 0, 5]])  # truth rows: 80, 15, 5 pixels
+    c, scores = best_constant_prediction(hist)
+    assert c == 0
+    assert scores["mean_iu"] == pytest.approx(0.8 / 3) and scores["acc"] == pytest.approx(0.8)
