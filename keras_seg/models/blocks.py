@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -21,6 +22,9 @@ __all__ = [
     "batch_norm",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
+    "LocalResponseNorm",
+    "BilinearUpsampling",
+    "bilinear_kernel",
 ]
 
 _PKG = "keras_seg"
@@ -150,29 +154,44 @@ class PadToMultiple(keras.layers.Layer):
 
     Used by architectures that downsample by a fixed factor, together with
     :class:`CropLike` to cut the logits back to exactly the input size.
+
+    Args:
+      multiple: H and W are padded up to a multiple of this.
+      minimum: H and W are also padded up to at least this size (rounded up to a multiple
+        of ``multiple``), for networks with a smallest working size such as DeconvNet's
+        7x7 ``fc6`` on the stride-32 map. 0 (the default) sets no minimum.
     """
 
-    def __init__(self, multiple: int, **kwargs):
+    def __init__(self, multiple: int, minimum: int = 0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(multiple, int) or multiple < 1:
             raise ValueError(f"multiple must be an int >= 1. Received: multiple={multiple!r}")
+        if not isinstance(minimum, int) or minimum < 0:
+            raise ValueError(f"minimum must be an int >= 0. Received: minimum={minimum!r}")
         self.multiple = multiple
+        self.minimum = minimum
+
+    def _target(self, size):
+        m = self.multiple
+        floor = -(-self.minimum // m) * m
+        if isinstance(size, int):
+            return max(-(-size // m) * m, floor)
+        return tf.maximum((size + m - 1) // m * m, floor)
 
     def call(self, x):
         shape = tf.shape(x)
-        m = self.multiple
-        pad_h = (m - shape[1] % m) % m
-        pad_w = (m - shape[2] % m) % m
+        pad_h = self._target(shape[1]) - shape[1]
+        pad_w = self._target(shape[2]) - shape[2]
         return tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
     def compute_output_shape(self, input_shape):
         def up(v):
-            return None if v is None else -(-v // self.multiple) * self.multiple
+            return None if v is None else self._target(v)
 
         return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "multiple": self.multiple}
+        return {**super().get_config(), "multiple": self.multiple, "minimum": self.minimum}
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -445,3 +464,83 @@ class MaxUnpooling2D(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size}
 
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class LocalResponseNorm(keras.layers.Layer):
+    """Caffe's cross-channel local response normalisation (``LRN``, ACROSS_CHANNELS).
+
+    ``y_c = x_c / (k + alpha / n * sum_{|c' - c| <= n // 2} x_{c'}^2) ** beta``, the layer
+    SegNet-Basic applies to its input (SegNet-Tutorial ``segnet_basic_train.prototxt``:
+    ``local_size: 5 alpha: 0.0001 beta: 0.75``). Note Caffe divides ``alpha`` by ``n`` while
+    ``tf.nn.local_response_normalization`` does not; this layer takes Caffe's parameters.
+    TFLite builtin LOCAL_RESPONSE_NORMALIZATION.
+
+    Args:
+      local_size: odd number of channels ``n`` summed over.
+      alpha: scale, Caffe convention.
+      beta: exponent.
+      k: additive constant.
+    """
+
+    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1 or local_size % 2 == 0:
+            raise ValueError(f"local_size must be an odd int >= 1. Received: local_size={local_size!r}")
+        self.local_size, self.alpha, self.beta, self.k = local_size, float(alpha), float(beta), float(k)
+
+    def call(self, x):
+        return tf.nn.local_response_normalization(
+            x,
+            depth_radius=(self.local_size - 1) // 2,
+            bias=self.k,
+            alpha=self.alpha / self.local_size,
+            beta=self.beta,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "local_size": self.local_size,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "k": self.k,
+        }
+
+
+def bilinear_kernel(size: int):
+    """The ``size x size`` bilinear-interpolation filter of FCN's ``surgery.upsample_filt``.
+
+    A transposed convolution with this kernel and stride ``s`` (``size = 2 * s``) is
+    bilinear upsampling by ``s``. https://github.com/shelhamer/fcn.berkeleyvision.org
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    grid = np.arange(size, dtype=np.float64)
+    line = 1.0 - np.abs(grid - center) / factor
+    return np.outer(line, line)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class BilinearUpsampling(keras.initializers.Initializer):
+    """Initialises a ``Conv2DTranspose`` kernel to per-channel bilinear upsampling.
+
+    Channel ``i`` of the input feeds only channel ``i`` of the output, through
+    :func:`bilinear_kernel`: FCN's ``surgery.interp`` initialisation (Long et al., 2015,
+    https://arxiv.org/abs/1411.4038). Kernel shape is ``(k, k, out_channels, in_channels)``.
+    """
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, out_c, in_c = shape
+        if kh != kw:
+            raise ValueError(f"BilinearUpsampling needs a square kernel. Received: shape={tuple(shape)}")
+        kernel = np.zeros(shape, dtype=np.float64)
+        filt = bilinear_kernel(kh)
+        for c in range(min(out_c, in_c)):
+            kernel[:, :, c, c] = filt
+        return tf.constant(kernel, dtype=dtype or keras.backend.floatx())
+
+    def get_config(self):
+        return {}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_seg.models.blocks import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from keras_seg.models.blocks import LocalResponseNorm, MaxPoolingWithArgmax2D, MaxUnpooling2D
 from tests.tflite_utils import convert_builtin_only, run_tflite
 
 
@@ -119,7 +119,17 @@ def test_builtin_tflite_matches_keras_and_numpy_with_ties():
 def test_layers_round_trip_through_config():
     pool = MaxPoolingWithArgmax2D(3, name="p")
     unpool = MaxUnpooling2D(3, name="u")
-    for layer in (pool, unpool):
+    lrn = LocalResponseNorm(3, alpha=2e-4, beta=0.5, k=2.0, name="n")
+    for layer in (pool, unpool, lrn):
         clone = keras.layers.deserialize(keras.layers.serialize(layer))
         assert type(clone) is type(layer) and clone.get_config() == layer.get_config()
 
+
+def test_local_response_norm_matches_caffe_formula():
+    x = np.random.default_rng(5).normal(size=(2, 4, 5, 7)).astype("float32")
+    n, alpha, beta, k = 5, 1e-1, 0.75, 1.0
+    sq = np.pad(x**2, [(0, 0), (0, 0), (0, 0), (n // 2, n // 2)])
+    window_sum = sum(sq[..., i : i + x.shape[-1]] for i in range(n))
+    want = x / (k + alpha / n * window_sum) ** beta
+    got = LocalResponseNorm(n, alpha=alpha, beta=beta, k=k)(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
