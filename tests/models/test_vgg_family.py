@@ -15,8 +15,9 @@ import keras_seg
 from keras_seg.models.backbones import VGG16_BLOCKS, load_vgg16_weights, vgg16_features
 from keras_seg.models.blocks import BilinearUpsampling, PadToMultiple, bilinear_kernel
 from keras_seg.models.fcn import FCN_CROP_OFFSETS
+from tests.models.test_unpool import np_argmax_pool, np_unpool
 
-FAMILY = ["fcn32s", "fcn16s", "fcn8s"]
+FAMILY = ["fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic"]
 
 
 def _tiny(name, num_classes=5, **kw):
@@ -122,7 +123,7 @@ def test_imagenet_without_network_says_how_to_pass_a_file(monkeypatch):
         load_vgg16_weights(model, "imagenet")
 
 
-@pytest.mark.parametrize("name", ["fcn8s"])
+@pytest.mark.parametrize("name", ["fcn8s", "segnet"])
 def test_backbone_weights_need_the_vgg16_layout(name, tmp_path):
     with pytest.raises(ValueError, match="Received: backbone_weights="):
         _tiny(name, backbone_weights="imagenet")
@@ -342,3 +343,122 @@ def test_fcn_full_size_parameter_counts(name):
     assert model.count_params() == _fcn_params(int(name[3:-1]), 21)
     assert (_fcn_params(32, 21), _fcn_params(16, 21), _fcn_params(8, 21)) == (
         136_152_917, 134_815_994, 134_489_759)
+
+
+# ---------------------------------------------------------------------------------- SegNet
+
+
+def _bn(c):
+    """Keras BatchNormalization: gamma, beta (learned) and moving mean, variance."""
+    return 4 * c
+
+
+def _segnet_params(blocks, num_classes, in_ch=3):
+    """Independent count from segnet_train.prototxt's layer list: every encoder and decoder
+    Convolution has a bias and a BN, except the classifier conv1_1_D (3x3, bias, no BN)."""
+    total, c_in = 0, in_ch
+    for f, n in blocks:  # encoder
+        for _ in range(n):
+            total += _conv_params(3, c_in, f) + _bn(f)
+            c_in = f
+    for i in range(len(blocks), 0, -1):  # decoder
+        f, n = blocks[i - 1]
+        for j in range(n, 0, -1):
+            if j > 1:
+                total += _conv_params(3, c_in, f) + _bn(f)
+                c_in = f
+            elif i > 1:
+                total += _conv_params(3, c_in, blocks[i - 2][0]) + _bn(blocks[i - 2][0])
+                c_in = blocks[i - 2][0]
+            else:
+                total += _conv_params(3, c_in, num_classes)
+    return total
+
+
+def _bn_stats(model):
+    return sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+
+
+def test_segnet_parameter_arithmetic():
+    # CamVid, 11 classes: 29,433,483 convolution weights and biases (the prototxt) plus
+    # 7,936 BN channels; Caffe's BN learns scale and shift (15,872), Keras also keeps the
+    # moving mean and variance (15,872 more). The paper quotes SegNet as 29.5M parameters.
+    assert _segnet_params(VGG16_BLOCKS, 11) == 29_465_227
+    model = _tiny("segnet", 11)
+    assert model.count_params() == _segnet_params(keras_seg.tiny_options("segnet")["blocks"], 11) == 4_715
+
+
+def test_segnet_decoder_unpools_with_its_own_stage_indices():
+    model = _tiny("segnet")
+    blocks = keras_seg.tiny_options("segnet")["blocks"]
+    for i in range(1, len(blocks) + 1):
+        unpool = model.get_layer(f"dec{i}_unpool")
+        assert unpool.input[1]._keras_history.operation.name == f"block{i}_pool"
+    # the decoder mirrors the encoder: stage 2 (16 filters, one conv) narrows to stage 1's 8
+    assert model.get_layer("dec2_1_conv").filters == 8
+    assert model.get_layer("dec1_2_conv").filters == 8
+    assert model.get_layer("logits_full").kernel_size == (3, 3)  # conv1_1_D is a 3x3 conv
+
+
+def test_segnet_is_argmax_unpooling_end_to_end():
+    """dec1_unpool places the decoder's map exactly at block1_pool's argmax positions."""
+    model = _tiny("segnet")
+    pre_pool = model.get_layer("block1_pool").input
+    decoded = model.get_layer("dec1_unpool").input[0]
+    probe = keras.Model(model.input, [pre_pool, decoded, model.get_layer("dec1_unpool").output])
+    x = np.random.default_rng(0).normal(size=(1, 16, 20, 3)).astype("float32")
+    pre_pool, decoded, unpooled = probe.predict_on_batch(x)
+    _, index = np_argmax_pool(pre_pool, 2)
+    np.testing.assert_array_equal(unpooled, np_unpool(decoded, index, (16, 20)))
+    assert np.count_nonzero(unpooled) > 0
+
+
+@pytest.mark.slow
+def test_segnet_full_size_parameters_and_layout():
+    model = keras_seg.build_model("segnet", 11, input_shape=(360, 480, 3))
+    assert model.count_params() == _segnet_params(VGG16_BLOCKS, 11) == 29_465_227
+    assert _bn_stats(model) == 15_872
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert len(convs) == 26  # 13 encoder + 13 decoder convolutions (the last is the classifier)
+    # segnet_train.prototxt decoder widths, conv5_3_D ... conv1_1_D
+    assert [l.filters for l in convs[13:]] == [512, 512, 512, 512, 512, 256, 256, 256, 128, 128, 64, 64, 11]
+    # pooling sizes at 360x480 (padded to 384x480): the bottleneck is 12x15
+    assert tuple(model.get_layer("block5_pool").output[0].shape[1:3]) == (12, 15)
+
+
+@pytest.mark.slow
+def test_segnet_loads_vgg16_encoder_weights(tmp_path):
+    keras.utils.set_random_seed(3)
+    app = keras.applications.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    app.save_weights(path)
+    model = keras_seg.build_model("segnet", 11, backbone_weights=path)
+    loaded = [layer for layer in app.layers if layer.get_weights()]
+    assert len(loaded) == 13
+    for layer in loaded:
+        for got, want in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(got, want)
+
+
+def _segnet_basic_params(num_classes, depth=4, filters=64, k=7, in_ch=3):
+    """segnet_basic_train.prototxt: 4 + 4 convs (7x7, 64, bias, BN), 1x1 classifier."""
+    convs = _conv_params(k, in_ch, filters) + (2 * depth - 1) * _conv_params(k, filters, filters)
+    return convs + 2 * depth * _bn(filters) + _conv_params(1, filters, num_classes)
+
+
+def test_segnet_basic_parameter_arithmetic_and_layout():
+    # 11 classes: 1,415,563 weights and biases + 1,024 BN scale/shift learned in Caffe
+    # = 1,416,587; Keras adds 1,024 moving statistics: 1,417,611.
+    assert _segnet_basic_params(11) == 1_417_611
+    model = _tiny("segnet_basic", 11)
+    assert model.count_params() == _segnet_basic_params(11, depth=2, filters=8, k=3) == 2_203
+    names = [l.name for l in model.layers]
+    assert "input_lrn" in names and not [n for n in names if n.startswith("dec") and n.endswith("relu")]
+    assert [n for n in names if n.endswith("_unpool")] == ["dec2_unpool", "dec1_unpool"]
+
+
+@pytest.mark.slow
+def test_segnet_basic_full_size_parameters():
+    model = keras_seg.build_model("segnet_basic", 11, input_shape=(360, 480, 3))
+    assert model.count_params() == 1_417_611 and _bn_stats(model) == 1_024
+    assert model.get_layer("enc1_conv").kernel_size == (7, 7)
