@@ -17,7 +17,7 @@ from keras_seg.models.blocks import BilinearUpsampling, PadToMultiple, bilinear_
 from keras_seg.models.fcn import FCN_CROP_OFFSETS
 from tests.models.test_unpool import np_argmax_pool, np_unpool
 
-FAMILY = ["fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic"]
+FAMILY = ["fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic", "deconvnet"]
 
 
 def _tiny(name, num_classes=5, **kw):
@@ -123,7 +123,7 @@ def test_imagenet_without_network_says_how_to_pass_a_file(monkeypatch):
         load_vgg16_weights(model, "imagenet")
 
 
-@pytest.mark.parametrize("name", ["fcn8s", "segnet"])
+@pytest.mark.parametrize("name", ["fcn8s", "segnet", "deconvnet"])
 def test_backbone_weights_need_the_vgg16_layout(name, tmp_path):
     with pytest.raises(ValueError, match="Received: backbone_weights="):
         _tiny(name, backbone_weights="imagenet")
@@ -462,3 +462,57 @@ def test_segnet_basic_full_size_parameters():
     model = keras_seg.build_model("segnet_basic", 11, input_shape=(360, 480, 3))
     assert model.count_params() == 1_417_611 and _bn_stats(model) == 1_024
     assert model.get_layer("enc1_conv").kernel_size == (7, 7)
+
+
+# ------------------------------------------------------------------------------- DeconvNet
+
+
+def _deconvnet_params(blocks, num_classes, fc=4096, k=7, in_ch=3):
+    """DeconvNet_inference_deploy.prototxt: VGG16 convs + BN, fc6 (k x k) + BN, fc7 (1x1) + BN,
+    fc6-deconv (k x k) + BN, mirrored 3x3 deconvolutions + BN, seg-score 1x1."""
+    total, c_in = 0, in_ch
+    for f, n in blocks:
+        for _ in range(n):
+            total += _conv_params(3, c_in, f) + _bn(f)
+            c_in = f
+    total += _conv_params(k, c_in, fc) + _bn(fc) + _conv_params(1, fc, fc) + _bn(fc)
+    total += _conv_params(k, fc, c_in) + _bn(c_in)
+    for i in range(len(blocks), 0, -1):
+        f, n = blocks[i - 1]
+        for j in range(1, n + 1):
+            out = f if j < n else (blocks[i - 2][0] if i > 1 else f)
+            total += _conv_params(3, c_in, out) + _bn(out)
+            c_in = out
+    return total + _conv_params(1, c_in, num_classes)
+
+
+def test_deconvnet_parameter_arithmetic():
+    # VOC, 21 classes: 251,839,061 (33,408 of them BN moving statistics); the SegNet paper's
+    # comparison lists DeconvNet at 252M parameters.
+    assert _deconvnet_params(VGG16_BLOCKS, 21) == 251_839_061
+    opts = keras_seg.tiny_options("deconvnet")
+    model = _tiny("deconvnet", 21)
+    assert model.count_params() == _deconvnet_params(opts["blocks"], 21, opts["fc_channels"], opts["fc_kernel"])
+
+
+def test_deconvnet_pads_small_inputs_to_its_fc6_window():
+    """Tiny: fc6 3x3 on the stride-4 map needs 12x12; 5x30 is padded to 12x32, then cropped."""
+    model = _tiny("deconvnet")
+    probe = keras.Model(model.input, [model.get_layer("pad").output, model.get_layer("fc6_conv").output, model.output])
+    padded, fc6, out = probe.predict_on_batch(np.ones((1, 5, 30, 3), "float32"))
+    assert padded.shape[1:3] == (12, 32) and fc6.shape[1:3] == (1, 6) and out.shape == (1, 5, 30, 5)
+
+
+@pytest.mark.slow
+def test_deconvnet_full_size_matches_the_deploy_prototxt():
+    model = keras_seg.build_model("deconvnet", 21, input_shape=(224, 224, 3))
+    assert model.count_params() == 251_839_061 and _bn_stats(model) == 33_408
+    # deploy prototxt comments: pool5 7x7, fc6/fc7 1x1, fc6-deconv 7x7, unpool5 14 ... unpool1 224
+    sizes = {"block5_pool": 7, "fc6_conv": 1, "fc7_conv": 1, "dec6_deconv": 7, "dec5_unpool": 14,
+             "dec4_unpool": 28, "dec3_unpool": 56, "dec2_unpool": 112, "dec1_unpool": 224}
+    for name, size in sizes.items():
+        out = model.get_layer(name).output
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        assert tuple(out.shape[1:3]) == (size, size), name
+    widths = [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2DTranspose)]
+    assert widths == [512, 512, 512, 512, 512, 512, 256, 256, 256, 128, 128, 64, 64, 64]
