@@ -7,3 +7,4 @@ from keras_seg.models import unet  # noqa: F401
 from keras_seg.models import fcn  # noqa: F401
 from keras_seg.models import segnet  # noqa: F401
 from keras_seg.models import deconvnet  # noqa: F401
+from keras_seg.models import fusionnet  # noqa: F401

@@ -17,7 +17,7 @@ from keras_seg.models.blocks import BilinearUpsampling, PadToMultiple, bilinear_
 from keras_seg.models.fcn import FCN_CROP_OFFSETS
 from tests.models.test_unpool import np_argmax_pool, np_unpool
 
-FAMILY = ["fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic", "deconvnet"]
+FAMILY = ["fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic", "deconvnet", "fusionnet"]
 
 
 def _tiny(name, num_classes=5, **kw):
@@ -516,3 +516,49 @@ def test_deconvnet_full_size_matches_the_deploy_prototxt():
         assert tuple(out.shape[1:3]) == (size, size), name
     widths = [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2DTranspose)]
     assert widths == [512, 512, 512, 512, 512, 512, 256, 256, 256, 128, 128, 64, 64, 64]
+
+
+# ------------------------------------------------------------------------------- FusionNet
+
+
+def _fusionnet_params(num_classes, in_ch=1, base=64, depth=4, up_k=2):
+    """Independent count of the paper's Fig. 2: per level conv + 3-conv residual block + conv,
+    all 3x3 without bias, each with BN; bias-free transposed convolutions with BN; 1x1 output."""
+
+    def crc(c_in, f):  # conv-res-conv
+        return _conv_params(3, c_in, f, False) + 4 * _conv_params(3, f, f, False) + 5 * _bn(f)
+
+    widths = [base * 2**i for i in range(depth + 1)]
+    total, c_in = 0, in_ch
+    for f in widths:  # encoder levels and bridge
+        total += crc(c_in, f)
+        c_in = f
+    for f in reversed(widths[:-1]):
+        total += up_k * up_k * c_in * f + _bn(f) + crc(f, f)
+        c_in = f
+    return total + _conv_params(1, c_in, num_classes)
+
+
+def test_fusionnet_parameter_arithmetic():
+    # The paper's configuration: 1-channel EM input, 1 output map, 64 ... 1024 filters.
+    assert _fusionnet_params(1) == 75_065_217
+    model = _tiny("fusionnet", 2)
+    opts = keras_seg.tiny_options("fusionnet")
+    assert model.count_params() == _fusionnet_params(2, in_ch=3, base=opts["base_width"], depth=opts["depth"])
+
+
+def test_fusionnet_skips_are_summed_at_equal_resolution():
+    model = _tiny("fusionnet")
+    for i in range(1, keras_seg.tiny_options("fusionnet")["depth"] + 1):
+        add = model.get_layer(f"dec{i}_add")
+        assert isinstance(add, keras.layers.Add)
+        sources = {t._keras_history.operation.name for t in add.input}
+        assert sources == {f"dec{i}_up_relu", f"enc{i}_conv2_relu"}
+    assert not [l for l in model.layers if isinstance(l, keras.layers.Concatenate)]
+
+
+@pytest.mark.slow
+def test_fusionnet_full_size_parameters():
+    model = keras_seg.build_model("fusionnet", 1, input_shape=(640, 640, 1))
+    assert model.count_params() == 75_065_217 and _bn_stats(model) == 31_360
+    assert tuple(model.get_layer("bridge_conv2_relu").output.shape[1:]) == (40, 40, 1024)
