@@ -4,7 +4,9 @@ Golden numbers carry their source in a comment: the seed note (FCN-8s table), a 
 prototxt, or independent arithmetic written out here. Full-size models are marked slow.
 """
 
+import ast
 import math
+import pathlib
 
 import keras
 import numpy as np
@@ -562,3 +564,53 @@ def test_fusionnet_full_size_parameters():
     model = keras_seg.build_model("fusionnet", 1, input_shape=(640, 640, 1))
     assert model.count_params() == 75_065_217 and _bn_stats(model) == 31_360
     assert tuple(model.get_layer("bridge_conv2_relu").output.shape[1:]) == (40, 40, 1024)
+
+
+# --------------------------------------------------------------------------------- configs
+
+CONFIGS = {
+    "fcn8s_voc.cfg": ("fcn8s", "configs/base/voc.cfg"),
+    **{f"{m}_camvid.cfg": (m, "configs/base/camvid.cfg") for m in FAMILY},
+}
+TRAINER_FLAGS = {
+    "flagfile", "model", "num_classes", "model_opt", "data_dir", "train_split", "eval_split",
+    "crop_size", "batch_size", "train_steps", "optimizer", "learning_rate", "momentum",
+    "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale", "max_scale",
+    "model_dir", "eval_every", "log_every", "seed",
+}
+
+
+def _read_flags(path):
+    flags = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            assert line.startswith("--") and "=" in line, (path.name, line)
+            flags.append(tuple(line[2:].split("=", 1)))
+    return flags
+
+
+@pytest.mark.parametrize("cfg", sorted(CONFIGS))
+def test_config_flags_and_model_options_are_real(cfg):
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    model, base = CONFIGS[cfg]
+    flags = _read_flags(repo / "configs" / cfg)
+    assert flags[0] == ("flagfile", base) and (repo / base).is_file()
+    for name, _ in flags + _read_flags(repo / base):
+        assert name in TRAINER_FLAGS, (cfg, name)
+    values = dict(flags)
+    assert values["model"] == model
+    assert values["optimizer"] in ("sgd", "adamw")
+    accepted = keras_seg.get_spec(model).option_names()
+    options = {}
+    for name, value in flags:
+        if name == "model_opt":
+            key, raw = value.split("=", 1)
+            assert key in accepted, (cfg, key)
+            try:
+                options[key] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                options[key] = raw
+    # The options must be values the builder accepts (checked on the tiny variant, offline).
+    options.pop("backbone_weights", None)
+    _tiny(model, **options)
