@@ -75,7 +75,9 @@ def test_indices_match_tf_max_pool_with_argmax():
     np.testing.assert_array_equal(pooled.numpy(), tf_pooled.numpy())
     np.testing.assert_array_equal(index.numpy(), tf_index.numpy())
     # tf_index is int64: the unpooling layer accepts it too.
-    np.testing.assert_array_equal(MaxUnpooling2D()(pooled, tf_index).numpy(), MaxUnpooling2D()(pooled, index).numpy())
+    np.testing.assert_array_equal(
+        MaxUnpooling2D()(pooled, tf_index).numpy(), MaxUnpooling2D()(pooled, index).numpy()
+    )
 
 
 def test_unpool_gradient_gathers_at_the_indices():
