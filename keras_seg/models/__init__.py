@@ -4,3 +4,7 @@ Each family module is imported explicitly here: this is the only registration si
 """
 
 from keras_seg.models import unet  # noqa: F401
+from keras_seg.models import fcn  # noqa: F401
+from keras_seg.models import segnet  # noqa: F401
+from keras_seg.models import deconvnet  # noqa: F401
+from keras_seg.models import fusionnet  # noqa: F401

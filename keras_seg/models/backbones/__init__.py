@@ -1,0 +1,17 @@
+"""Backbones: functions from an input tensor to ``{stride: feature tensor}``."""
+
+from keras_seg.models.backbones.vgg import (  # noqa: F401
+    VGG16_BLOCKS,
+    check_backbone_weights,
+    check_vgg_blocks,
+    load_vgg16_weights,
+    vgg16_features,
+)
+
+__all__ = [
+    "VGG16_BLOCKS",
+    "vgg16_features",
+    "load_vgg16_weights",
+    "check_vgg_blocks",
+    "check_backbone_weights",
+]
