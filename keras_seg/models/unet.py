@@ -153,6 +153,6 @@ def build_unet(
 
     x = logits_layer(x, num_classes, name="logits_full" if padding == "same" else "logits")
     if padding == "same":
-        x = CropLike(name="logits")(x, inputs)
+        x = CropLike(name="logits", dtype="float32")(x, inputs)
     model = keras.Model(inputs, x, name=name)
     return load_weights_if_given(model, weights)

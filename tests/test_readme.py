@@ -1,0 +1,26 @@
+"""The README's Python examples run, and its commands name files and targets that exist."""
+
+import pathlib
+import re
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def test_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # pylint: disable=exec-used
+
+
+def test_make_targets_and_configs_exist():
+    makefile = (REPO / "Makefile").read_text()
+    for target in re.findall(r"^make ([\w-]+)", README, re.M):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+    for cfg in set(re.findall(r"configs/[\w/]+\.cfg", README)):
+        if "<model>" not in cfg:
+            assert (REPO / cfg).is_file(), cfg
+    assert "make test" in (REPO / ".ci/run").read_text()
+    for module in set(re.findall(r"python -m ((?:keras_seg|data_prep)\.\w+)", README)):
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), module
