@@ -25,7 +25,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q --run_slow -m slow $(PYTEST_ARGS) tests
 
-# Prepare the built-in dataset, train U-Net, evaluate, predict (and export): ~5-8 min on 2 cores.
+# Prepare the built-in dataset, train U-Net, evaluate, predict, export (SavedModel + TFLite with a
+# parity report) and predict with the int8 TFLite model under LiteRT: ~5-8 min on 2 cores.
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/python -m data_prep.shapes --out $(DEMO)/shapes_raw
@@ -35,6 +36,11 @@ demo: $(STAMP)
 	$(BIN)/python -m keras_seg.evaluate --model_dir=$(DEMO)/unet_run --split=val
 	$(BIN)/python -m keras_seg.predict --model_dir=$(DEMO)/unet_run --out=$(DEMO)/predictions \
 		$(DEMO)/shapes_raw/images/val/val_00000.png
+	$(BIN)/python -m keras_seg.export --model_dir=$(DEMO)/unet_run --out=$(DEMO)/export --version=1
+	$(BIN)/python -m keras_seg.predict --tflite=$(DEMO)/export/unet_run_v1/unet_run_int8.tflite \
+		--out=$(DEMO)/predictions_tflite $(DEMO)/shapes_raw/images/val/val_00000.png
+	@echo "Parity of the exported models with Keras ($(DEMO)/export/unet_run_v1/parity.json):"
+	@cat $(DEMO)/export/unet_run_v1/parity.txt
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

@@ -1,10 +1,17 @@
-r"""Predicts segmentation maps for images.
+r"""Predicts segmentation maps for images, with the Keras model or an exported TFLite model.
 
     python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds IMAGE [IMAGE ...]
+    python -m keras_seg.predict --tflite=exported/unet_shapes_v1/unet_shapes_int8.tflite \
+        --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] IMAGE [IMAGE ...]
 
 For each image writes ``<out>/<stem>_label.png`` (8-bit class ids) and
 ``<out>/<stem>_overlay.png`` (the image blended with the class palette), both at the
 image's original size.
+
+``--tflite`` runs the model with the LiteRT interpreter (no TensorFlow needed for the
+inference itself) and reads the palette from the ``.json`` sidecar beside the file. The
+model's input size is fixed; other sizes are tiled with overlap at native resolution
+(default) or resized, see :mod:`keras_seg.litert`.
 """
 
 from __future__ import annotations
@@ -91,19 +98,59 @@ def run(model_dir: str, images: Sequence[str], out_dir: str, checkpoint: str = "
     return written
 
 
-def main(argv):
-    from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str = "tile",
+               overlap: float = 0.25, log=print) -> List[str]:
+    """Predicts every image with a TFLite export under LiteRT; returns written paths.
 
+    Args:
+      tflite_path: a ``.tflite`` file written by :mod:`keras_seg.export` (with its sidecar).
+      images: image paths.
+      out_dir: output folder.
+      fit: ``tile`` or ``resize``: how images of another size than the model's are run.
+      overlap: tile overlap, as a fraction of the tile side.
+      log: progress printer.
+
+    Raises:
+      ValueError: no images, an unreadable image, or a file that is not a keras_seg export.
+    """
+    from keras_seg.litert import TFLiteSegmenter  # pylint: disable=import-outside-toplevel
+
+    if not images:
+        raise ValueError("no images given: pass image paths after the flags.")
+    segmenter = TFLiteSegmenter(tflite_path)
+    h, w = segmenter.input_size
+    written = []
+    for i, path in enumerate(images, 1):
+        image = read_rgb(path)
+        labels = segmenter.predict(image, fit, overlap)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        written += write_outputs(out_dir, stem, image, labels, segmenter.palette)
+        log(f"[{i}/{len(images)}] {path}: {image.shape[1]}x{image.shape[0]} ({fit}, model {w}x{h}) -> "
+            f"{written[-2]}, {written[-1]}")
+    return written
+
+
+def main(argv):
+    # CheckpointError is a ValueError; not importing keras_seg.checkpoints keeps TensorFlow
+    # out of the --tflite path.
     try:
-        run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint)
-    except (CheckpointError, ValueError, OSError) as e:
+        if bool(FLAGS.model_dir) == bool(FLAGS.tflite):
+            raise ValueError("pass exactly one of --model_dir (Keras checkpoint) or --tflite (exported model).")
+        if FLAGS.tflite:
+            run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap)
+        else:
+            run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("model_dir", None, "Training directory.")
+    flags.DEFINE_string("model_dir", None, "Training directory (Keras prediction).")
+    flags.DEFINE_string("tflite", None, "A .tflite file from keras_seg.export (LiteRT prediction), instead of --model_dir.")
     flags.DEFINE_string("out", "predictions", "Output folder.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
-    flags.mark_flag_as_required("model_dir")
+    flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"],
+                      "--tflite: run other image sizes as overlapping tiles at native resolution, or resized.")
+    flags.DEFINE_float("tile_overlap", 0.25, "--tflite tiling: overlap of neighbouring tiles, fraction of the tile side.")
     app.run(main)
