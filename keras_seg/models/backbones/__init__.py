@@ -1,0 +1,1 @@
+"""Backbones: functions that map an image tensor to ``{stride: feature tensor}``."""
