@@ -3,4 +3,8 @@
 Each family module is imported explicitly here: this is the only registration side effect.
 """
 
+from keras_seg.models import deeplab  # noqa: F401
+from keras_seg.models import linknet  # noqa: F401
+from keras_seg.models import pspnet  # noqa: F401
+from keras_seg.models import refinenet  # noqa: F401
 from keras_seg.models import unet  # noqa: F401
