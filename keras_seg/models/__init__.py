@@ -4,6 +4,7 @@ Each family module is imported explicitly here: this is the only registration si
 """
 
 from keras_seg.models import deeplab  # noqa: F401
+from keras_seg.models import fc_densenet  # noqa: F401
 from keras_seg.models import linknet  # noqa: F401
 from keras_seg.models import pspnet  # noqa: F401
 from keras_seg.models import refinenet  # noqa: F401
