@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -23,6 +24,11 @@ __all__ = [
     "pyramid_pool",
     "aspp",
     "resize_logits",
+    "MaxPoolingWithArgmax2D",
+    "MaxUnpooling2D",
+    "LocalResponseNorm",
+    "BilinearUpsampling",
+    "bilinear_kernel",
 ]
 
 _PKG = "keras_seg"
@@ -152,29 +158,44 @@ class PadToMultiple(keras.layers.Layer):
 
     Used by architectures that downsample by a fixed factor, together with
     :class:`CropLike` to cut the logits back to exactly the input size.
+
+    Args:
+      multiple: H and W are padded up to a multiple of this.
+      minimum: H and W are also padded up to at least this size (rounded up to a multiple
+        of ``multiple``), for networks with a smallest working size such as DeconvNet's
+        7x7 ``fc6`` on the stride-32 map. 0 (the default) sets no minimum.
     """
 
-    def __init__(self, multiple: int, **kwargs):
+    def __init__(self, multiple: int, minimum: int = 0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(multiple, int) or multiple < 1:
             raise ValueError(f"multiple must be an int >= 1. Received: multiple={multiple!r}")
+        if not isinstance(minimum, int) or minimum < 0:
+            raise ValueError(f"minimum must be an int >= 0. Received: minimum={minimum!r}")
         self.multiple = multiple
+        self.minimum = minimum
+
+    def _target(self, size):
+        m = self.multiple
+        floor = -(-self.minimum // m) * m
+        if isinstance(size, int):
+            return max(-(-size // m) * m, floor)
+        return tf.maximum((size + m - 1) // m * m, floor)
 
     def call(self, x):
         shape = tf.shape(x)
-        m = self.multiple
-        pad_h = (m - shape[1] % m) % m
-        pad_w = (m - shape[2] % m) % m
+        pad_h = self._target(shape[1]) - shape[1]
+        pad_w = self._target(shape[2]) - shape[2]
         return tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
 
     def compute_output_shape(self, input_shape):
         def up(v):
-            return None if v is None else -(-v // self.multiple) * self.multiple
+            return None if v is None else self._target(v)
 
         return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "multiple": self.multiple}
+        return {**super().get_config(), "multiple": self.multiple, "minimum": self.minimum}
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -374,3 +395,247 @@ def aspp(x, filters: int = 256, rates: Sequence[int] = (6, 12, 18), *, image_poo
         branches.append(ResizeLike(name=f"{name}_pool_up")(y, x))
     y = keras.layers.Concatenate(name=f"{name}_concat")(branches)
     return conv_bn_act(y, filters, f"{name}_proj", kernel_size=1)
+# =============================================================================
+# Max pooling with argmax indices, and max unpooling (SegNet, DeconvNet, ENet)
+# =============================================================================
+#
+# SegNet (https://arxiv.org/abs/1511.00561), DeconvNet (https://arxiv.org/abs/1505.04366)
+# and ENet (https://arxiv.org/abs/1606.02147) upsample by putting every pooled value back
+# at the position its max came from. ``tf.nn.max_pool_with_argmax`` computes those
+# positions, but MaxPoolWithArgmax is not a TFLite builtin and the LiteRT interpreter has no
+# Flex delegate, so a model using it cannot run on device. These layers use one exact
+# formulation, made only of TFLite builtins, for training, Keras inference and TFLite alike:
+#
+#   windows = reshape(space_to_depth(x, p), (B, H/p, W/p, p*p, C))
+#       slot k = dy * p + dx of a window holds x[p*i + dy, p*j + dx] (row-major window order)
+#   pooled  = max_pool(x, p, stride p)
+#       max returns one of its inputs, so some slot of every window equals it bit for bit
+#   k*      = min{k : windows[..., k, :] == pooled}      (first maximum in row-major order)
+#           = reduce_min(k + p*p * (1 - [windows == pooled]))
+#   index   = ((p*i + k* // p) * W + (p*j + k* % p)) * C + c
+#
+# ``index`` is the convention of ``tf.nn.max_pool_with_argmax(include_batch_in_index=False)``
+# (flat position in the image's (H, W, C) tensor), with ties broken by the first maximum in
+# row-major window order: the rule of Caffe's pooling layer that SegNet and DeconvNet used.
+# Unpooling scatters each pooled value to its index with ``tf.scatter_nd`` (TFLite
+# SCATTER_ND). Windows are disjoint, so the indices of one image are distinct and the
+# scatter's summation of duplicates never happens: scatter-add equals scatter-assign.
+# tests/models/test_unpool.py checks both against NumPy references (ties included), against
+# ``tf.nn.max_pool_with_argmax``, and Keras against LiteRT.
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class MaxPoolingWithArgmax2D(keras.layers.Layer):
+    """Non-overlapping max pooling that also returns where each maximum came from.
+
+    See the section comment above for the exact, TFLite-builtin formulation. Used by
+    SegNet (Badrinarayanan et al., 2017, https://arxiv.org/abs/1511.00561) and DeconvNet
+    (Noh et al., 2015, https://arxiv.org/abs/1505.04366); pair with :class:`MaxUnpooling2D`.
+
+    Args:
+      pool_size: window size and stride ``p`` (windows never overlap). Input H and W must be
+        multiples of ``p``: pad with :class:`PadToMultiple` first.
+
+    Call arguments:
+      x: ``(B, H, W, C)`` float tensor.
+
+    Returns:
+      ``(pooled, indices)``: ``pooled`` is ``(B, H/p, W/p, C)`` in ``x``'s dtype; ``indices``
+      is int32 of the same shape, ``(y * W + x) * C + c`` of each window's first maximum
+      (row-major window order) in this image's ``(H, W, C)`` input.
+
+    Raises:
+      ValueError: for a bad ``pool_size`` or a static H/W that ``pool_size`` does not divide;
+        a dynamic one fails at run time with a message that says so.
+    """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1. Received: pool_size={pool_size!r}")
+        self.pool_size = pool_size
+
+    def call(self, x):
+        p = self.pool_size
+        self._pooled_shape(tuple(x.shape))  # a static size p does not divide: ValueError now
+        shape = tf.shape(x)
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_equal(
+                    shape[1:3] % p,
+                    0,
+                    message=f"{self.name}: input height and width must be multiples of "
+                    f"pool_size={p}; pad the input with PadToMultiple first",
+                )
+            ]
+        ):
+            x = tf.identity(x)
+        batch, height, width, channels = shape[0], shape[1] // p, shape[2] // p, shape[3]
+        pooled = tf.nn.max_pool2d(x, p, p, "VALID")
+        windows = tf.reshape(tf.nn.space_to_depth(x, p), [batch, height, width, p * p, channels])
+        is_max = tf.cast(tf.equal(windows, pooled[:, :, :, None, :]), tf.int32)
+        slot = tf.range(p * p, dtype=tf.int32)[:, None]
+        # First maximal slot; a window without a match (only possible for NaN) gets p*p - 1.
+        first = tf.minimum(tf.reduce_min(slot + p * p * (1 - is_max), axis=3), p * p - 1)
+        rows = tf.range(height)[:, None, None] * p + first // p
+        cols = tf.range(width)[None, :, None] * p + first % p
+        indices = (rows * shape[2] + cols) * channels + tf.range(channels)[None, None, :]
+        return pooled, indices
+
+    def _pooled_shape(self, input_shape):
+        p = self.pool_size
+        out = [input_shape[0]]
+        for side in input_shape[1:3]:
+            if side is not None and side % p:
+                raise ValueError(
+                    f"{self.name}: input height and width must be multiples of pool_size={p}; "
+                    f"pad with PadToMultiple first. Received: input_shape={tuple(input_shape)}"
+                )
+            out.append(None if side is None else side // p)
+        return tuple(out) + (input_shape[3],)
+
+    def compute_output_spec(self, x):
+        shape = self._pooled_shape(x.shape)
+        return (
+            keras.KerasTensor(shape, dtype=self.compute_dtype),
+            keras.KerasTensor(shape, dtype="int32"),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class MaxUnpooling2D(keras.layers.Layer):
+    """Max unpooling: writes each value of ``x`` at its argmax index in a zero tensor.
+
+    The upsampling of SegNet (https://arxiv.org/abs/1511.00561), DeconvNet
+    (https://arxiv.org/abs/1505.04366) and ENet (https://arxiv.org/abs/1606.02147), through
+    ``tf.scatter_nd`` (TFLite builtin SCATTER_ND). Pair with :class:`MaxPoolingWithArgmax2D`.
+
+    Args:
+      pool_size: the pooling window ``p``; without ``ref`` the output is ``(p*h, p*w)``.
+
+    Call arguments:
+      x: ``(B, h, w, C)`` values to place.
+      indices: int tensor shaped like ``x``: flat ``(y * W + x) * C + c`` positions in the
+        ``(H, W, C)`` output, as :class:`MaxPoolingWithArgmax2D` returns them.
+      ref: optional tensor whose H and W set the output size (the tensor that was pooled).
+
+    Returns:
+      ``(B, H, W, C)`` tensor, zero except at the indexed positions.
+    """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1. Received: pool_size={pool_size!r}")
+        self.pool_size = pool_size
+
+    def call(self, x, indices, ref=None):
+        shape = tf.shape(x)
+        batch, channels = shape[0], shape[3]
+        if ref is None:
+            out_h, out_w = shape[1] * self.pool_size, shape[2] * self.pool_size
+        else:
+            out_h, out_w = tf.shape(ref)[1], tf.shape(ref)[2]
+        n = shape[1] * shape[2] * channels
+        flat = tf.reshape(tf.cast(indices, tf.int32), [batch, n, 1])
+        image = tf.broadcast_to(tf.reshape(tf.range(batch), [batch, 1, 1]), [batch, n, 1])
+        out = tf.scatter_nd(
+            tf.concat([image, flat], axis=2),
+            tf.reshape(x, [batch, n]),
+            tf.stack([batch, out_h * out_w * channels]),
+        )
+        return tf.reshape(out, [batch, out_h, out_w, channels])
+
+    def compute_output_shape(self, x_shape, indices_shape, ref_shape=None):
+        if ref_shape is not None:
+            return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+        p = self.pool_size
+        h, w = (None if v is None else v * p for v in x_shape[1:3])
+        return (x_shape[0], h, w, x_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class LocalResponseNorm(keras.layers.Layer):
+    """Caffe's cross-channel local response normalisation (``LRN``, ACROSS_CHANNELS).
+
+    ``y_c = x_c / (k + alpha / n * sum_{|c' - c| <= n // 2} x_{c'}^2) ** beta``, the layer
+    SegNet-Basic applies to its input (SegNet-Tutorial ``segnet_basic_train.prototxt``:
+    ``local_size: 5 alpha: 0.0001 beta: 0.75``). Note Caffe divides ``alpha`` by ``n`` while
+    ``tf.nn.local_response_normalization`` does not; this layer takes Caffe's parameters.
+    TFLite builtin LOCAL_RESPONSE_NORMALIZATION.
+
+    Args:
+      local_size: odd number of channels ``n`` summed over.
+      alpha: scale, Caffe convention.
+      beta: exponent.
+      k: additive constant.
+    """
+
+    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1 or local_size % 2 == 0:
+            raise ValueError(f"local_size must be an odd int >= 1. Received: local_size={local_size!r}")
+        self.local_size, self.alpha, self.beta, self.k = local_size, float(alpha), float(beta), float(k)
+
+    def call(self, x):
+        return tf.nn.local_response_normalization(
+            x,
+            depth_radius=(self.local_size - 1) // 2,
+            bias=self.k,
+            alpha=self.alpha / self.local_size,
+            beta=self.beta,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "local_size": self.local_size,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "k": self.k,
+        }
+
+
+def bilinear_kernel(size: int):
+    """The ``size x size`` bilinear-interpolation filter of FCN's ``surgery.upsample_filt``.
+
+    A transposed convolution with this kernel and stride ``s`` (``size = 2 * s``) is
+    bilinear upsampling by ``s``. https://github.com/shelhamer/fcn.berkeleyvision.org
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    grid = np.arange(size, dtype=np.float64)
+    line = 1.0 - np.abs(grid - center) / factor
+    return np.outer(line, line)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class BilinearUpsampling(keras.initializers.Initializer):
+    """Initialises a ``Conv2DTranspose`` kernel to per-channel bilinear upsampling.
+
+    Channel ``i`` of the input feeds only channel ``i`` of the output, through
+    :func:`bilinear_kernel`: FCN's ``surgery.interp`` initialisation (Long et al., 2015,
+    https://arxiv.org/abs/1411.4038). Kernel shape is ``(k, k, out_channels, in_channels)``.
+    """
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, out_c, in_c = shape
+        if kh != kw:
+            raise ValueError(f"BilinearUpsampling needs a square kernel. Received: shape={tuple(shape)}")
+        kernel = np.zeros(shape, dtype=np.float64)
+        filt = bilinear_kernel(kh)
+        for c in range(min(out_c, in_c)):
+            kernel[:, :, c, c] = filt
+        return tf.constant(kernel, dtype=dtype or keras.backend.floatx())
+
+    def get_config(self):
+        return {}

@@ -1,1 +1,31 @@
-"""Backbones: functions that map an image tensor to ``{stride: feature tensor}``."""
+"""Backbones: functions from an input tensor to ``{stride: feature tensor}``."""
+
+from keras_seg.models.backbones.resnet import (  # noqa: F401
+    RESNET_ARCHS,
+    build_resnet_backbone,
+    check_resnet_args,
+    load_resnet_weights,
+    resnet,
+    resnet_stages,
+)
+from keras_seg.models.backbones.vgg import (  # noqa: F401
+    VGG16_BLOCKS,
+    check_backbone_weights,
+    check_vgg_blocks,
+    load_vgg16_weights,
+    vgg16_features,
+)
+
+__all__ = [
+    "RESNET_ARCHS",
+    "resnet",
+    "resnet_stages",
+    "build_resnet_backbone",
+    "check_resnet_args",
+    "load_resnet_weights",
+    "VGG16_BLOCKS",
+    "vgg16_features",
+    "load_vgg16_weights",
+    "check_vgg_blocks",
+    "check_backbone_weights",
+]
