@@ -8,6 +8,7 @@ from keras_seg.models import deeplab  # noqa: F401
 from keras_seg.models import fc_densenet  # noqa: F401
 from keras_seg.models import fcn  # noqa: F401
 from keras_seg.models import fusionnet  # noqa: F401
+from keras_seg.models import gfrnet  # noqa: F401
 from keras_seg.models import linknet  # noqa: F401
 from keras_seg.models import pspnet  # noqa: F401
 from keras_seg.models import refinenet  # noqa: F401

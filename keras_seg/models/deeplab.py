@@ -1,5 +1,7 @@
-"""DeepLab v2 and v3: dilated ResNets with atrous spatial pyramid pooling.
+"""DeepLab v1, v2 and v3: atrous convolution, and atrous spatial pyramid pooling.
 
+* DeepLab v1: Chen et al., "Semantic Image Segmentation with Deep Convolutional Nets and
+  Fully Connected CRFs", ICLR 2015, https://arxiv.org/abs/1412.7062
 * DeepLab v2: Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional
   Nets, Atrous Convolution, and Fully Connected CRFs", TPAMI 2017,
   https://arxiv.org/abs/1606.00915
@@ -14,10 +16,11 @@ from typing import Optional, Sequence
 import keras
 
 from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
+from keras_seg.models.backbones.vgg import VGG16_BLOCKS, check_backbone_weights, load_vgg16_weights, vgg16_features
 from keras_seg.models.blocks import aspp, check_common_args, load_weights_if_given, logits_layer, resize_logits
 from keras_seg.registry import register
 
-__all__ = ["build_deeplab_v2", "build_deeplab_v3"]
+__all__ = ["build_deeplab_v1", "build_deeplab_v2", "build_deeplab_v3"]
 
 _TINY_RESNET = dict(backbone_blocks=(1, 1, 1, 1), backbone_width=8)
 
@@ -27,6 +30,75 @@ def _scaled_rates(rates, output_stride, reference_stride, arg_name):
     if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
         raise ValueError(f"{arg_name} must be ints >= 1. Received: {arg_name}={rates!r}")
     return tuple(max(1, r * reference_stride // output_stride) for r in rates)
+
+
+@register(
+    "deeplab_v1",
+    tiny=dict(blocks=((8, 1), (8, 1), (16, 1), (16, 1)), fc_filters=16),
+    paper="Chen et al., DeepLab v1 (LargeFOV), ICLR 2015, https://arxiv.org/abs/1412.7062",
+)
+def build_deeplab_v1(
+    num_classes: int,
+    input_shape=(None, None, 3),
+    *,
+    backbone_weights: Optional[str] = None,
+    blocks: Sequence[Sequence[int]] = VGG16_BLOCKS,
+    fc_filters: int = 1024,
+    fc6_rate: int = 12,
+    dropout: float = 0.5,
+    weights: Optional[str] = None,
+    name: str = "deeplab_v1",
+) -> keras.Model:
+    """Builds DeepLab-LargeFOV (VGG16), returning logits ``(B, H, W, num_classes)``.
+
+    The paper's DeepLab-LargeFOV (Table 2: 20.5M parameters): VGG16 with Caffe 3x3 max
+    pooling, pool4 and pool5 at stride 1 and block 5 dilated by 2 (output stride 8); ``fc6``
+    a 3x3 convolution with 1024 filters at rate 12, ``fc7`` a 1x1 convolution with 1024
+    filters, each with ReLU and dropout 0.5; ``fc8`` the 1x1 classifier; bilinear upsampling
+    to the input size. The CRF post-processing is not part of the model.
+
+    Args:
+      num_classes: number of classes of the logits.
+      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``.
+      backbone_weights: ``None``, ``"imagenet"`` or a VGG16 no-top weights file for the
+        convolutions (see :func:`keras_seg.models.backbones.vgg.load_vgg16_weights`); the
+        paper's fc6/fc7 came from VGG16's subsampled fully connected layers, which that file
+        lacks.
+      blocks: VGG ``(filters, convolutions)`` per block, at least 4 (test-size variants).
+      fc_filters: filters of fc6 and fc7 (1024).
+      fc6_rate: atrous rate of fc6 (12: the large field of view).
+      dropout: dropout rate after fc6 and fc7 (0.5); 0 disables it.
+      weights: ``None`` or a path to a ``.weights.h5`` file for the whole model.
+      name: model name.
+
+    Returns:
+      A functional ``keras.Model``.
+
+    Raises:
+      ValueError: for invalid arguments.
+    """
+    check_common_args(num_classes, input_shape, weights)
+    if len(tuple(blocks)) < 4:
+        raise ValueError(f"blocks needs at least 4 VGG blocks for output stride 8. Received: blocks={blocks!r}")
+    check_backbone_weights(backbone_weights, blocks, input_shape)
+    for arg, value in (("fc_filters", fc_filters), ("fc6_rate", fc6_rate)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = vgg16_features(inputs, blocks=blocks, pooling="caffe3x3", output_stride=8)[8]
+    for layer, kernel, rate in (("fc6", 3, fc6_rate), ("fc7", 1, 1)):
+        x = keras.layers.Conv2D(
+            fc_filters, kernel, padding="same", dilation_rate=rate, activation="relu", name=layer
+        )(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{layer}_dropout")(x)
+    x = logits_layer(x, num_classes, name="fc8")
+    model = keras.Model(inputs, resize_logits(x, inputs), name=name)
+    load_vgg16_weights(model, backbone_weights)
+    return load_weights_if_given(model, weights)
 
 
 @register(
