@@ -5,6 +5,7 @@ Each family module is imported explicitly here: this is the only registration si
 
 from keras_seg.models import deconvnet  # noqa: F401
 from keras_seg.models import deeplab  # noqa: F401
+from keras_seg.models import enet  # noqa: F401
 from keras_seg.models import fc_densenet  # noqa: F401
 from keras_seg.models import fcn  # noqa: F401
 from keras_seg.models import fusionnet  # noqa: F401

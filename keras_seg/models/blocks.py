@@ -24,6 +24,7 @@ __all__ = [
     "pyramid_pool",
     "aspp",
     "resize_logits",
+    "PadChannels",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "LocalResponseNorm",
@@ -358,6 +359,36 @@ class AdaptiveAvgPool2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "bins": self.bins}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class PadChannels(keras.layers.Layer):
+    """Zero-pads the channel axis of ``(B, H, W, C)`` to ``channels`` (ENet's downsampling shortcut).
+
+    Args:
+      channels: output channels, at least the input's.
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1. Received: channels={channels!r}")
+        self.channels = channels
+
+    def call(self, x):
+        extra = self.channels - x.shape[-1]
+        if extra < 0:
+            raise ValueError(
+                f"{self.name}: input has more than {self.channels} channels. "
+                f"Received: input channels={x.shape[-1]}"
+            )
+        return tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.channels,)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
 
 
 def pyramid_pool(x, bins: Sequence[int] = (1, 2, 3, 6), filters: Optional[int] = None, *, name: str = "ppm"):
