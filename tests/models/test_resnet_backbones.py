@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_seg.models.backbones import resnet as resnet_lib
+from keras_seg.models.backbones.resnet import resnet_stages
 from keras_seg.models.backbones.resnet import build_resnet_backbone, load_resnet_weights, resnet
 
 TINY = dict(blocks=(1, 1, 1, 3), width=8)
@@ -107,7 +107,7 @@ def test_full_size_trainable_parameter_counts(arch, trainable):
 )
 def test_output_stride_by_dilation(arch, output_stride, strides):
     inputs = keras.Input((64, 96, 3))
-    stages = resnet_lib.resnet_stages(inputs, arch, output_stride=output_stride, **TINY)
+    stages = resnet_stages(inputs, arch, output_stride=output_stride, **TINY)
     assert [s for s, _ in stages] == strides
     for stride, tensor in stages:
         assert tensor.shape[1:3] == (64 // stride, 96 // stride)
