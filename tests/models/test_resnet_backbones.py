@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_seg.models.backbones.resnet import resnet_stages
-from keras_seg.models.backbones.resnet import build_resnet_backbone, load_resnet_weights, resnet
+from keras_seg.models.backbones.resnet import build_resnet_backbone, load_resnet_weights, resnet, resnet_stages
 
 TINY = dict(blocks=(1, 1, 1, 3), width=8)
 
@@ -18,13 +17,13 @@ def _randomize(model, seed):
         w.assign(value.astype("float32"))
 
 
-def _check_loads_by_name(arch, app, tmp_path):
+def _check_loads_by_name(arch, app, tmp_path, weights=None):
     ref = app(include_top=False, weights=None)
     _randomize(ref, seed=3)
     path = tmp_path / f"{arch}.weights.h5"
     ref.save_weights(str(path))
 
-    ours = load_resnet_weights(build_resnet_backbone(arch), arch, str(path))
+    ours = load_resnet_weights(build_resnet_backbone(arch), arch, weights or str(path))
     weighted = [layer for layer in ref.layers if layer.weights]
     assert len(weighted) == len([layer for layer in ours.layers if layer.weights])
     for layer in weighted:
@@ -71,8 +70,23 @@ def _graph(model):
     return graph
 
 
-def test_resnet50_loads_keras_applications_weights_by_name(tmp_path):
-    _check_loads_by_name("resnet50", keras.applications.ResNet50, tmp_path)
+def test_resnet50_loads_keras_applications_weights_by_name(tmp_path, monkeypatch):
+    """Through backbone_weights="imagenet", with the download replaced by a local file."""
+    fetched = []
+
+    def fake_get_file(fname, origin, cache_subdir, file_hash):
+        fetched.append((fname, origin, cache_subdir, file_hash))
+        return str(tmp_path / "resnet50.weights.h5")
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    _check_loads_by_name("resnet50", keras.applications.ResNet50, tmp_path, weights="imagenet")
+    assert fetched == [(
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "models",
+        "4d473c1dd8becc155b73f8504c6f6626",  # keras.applications.resnet WEIGHTS_HASHES
+    )]
 
 
 @pytest.mark.slow

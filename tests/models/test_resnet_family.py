@@ -170,6 +170,20 @@ def test_builders_load_backbone_weights(name, options, resnet18_weights):
     np.testing.assert_array_equal(model.get_layer("conv5_block2_2_conv").get_weights()[0], kernel)
 
 
+@pytest.mark.parametrize("name", ["pspnet", "linknet"])
+def test_whole_model_weights_option(name, tmp_path):
+    x = np.random.default_rng(3).normal(size=(1, 35, 29, 3)).astype("float32")
+    keras.utils.set_random_seed(1)
+    model = _tiny_model(name)
+    path = str(tmp_path / f"{name}.weights.h5")
+    model.save_weights(path)
+    keras.utils.set_random_seed(2)
+    again = _tiny_model(name, weights=path)
+    np.testing.assert_array_equal(np.asarray(again(x, training=False)), np.asarray(model(x, training=False)))
+    with pytest.raises(ValueError, match="Received: weights="):
+        _tiny_model(name, weights=str(tmp_path / "missing.weights.h5"))
+
+
 # ------------------------------------------------------------------ parameter counts
 
 
