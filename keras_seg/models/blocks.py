@@ -608,9 +608,12 @@ class LocalResponseNorm(keras.layers.Layer):
       k: additive constant.
     """
 
-    def __init__(self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs):
+    def __init__(
+        self, local_size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs
+    ):
         super().__init__(**kwargs)
-        if isinstance(local_size, bool) or not isinstance(local_size, int) or local_size < 1 or local_size % 2 == 0:
+        odd = isinstance(local_size, int) and not isinstance(local_size, bool) and local_size % 2 == 1
+        if not odd or local_size < 1:
             raise ValueError(f"local_size must be an odd int >= 1. Received: local_size={local_size!r}")
         self.local_size, self.alpha, self.beta, self.k = local_size, float(alpha), float(beta), float(k)
 

@@ -52,7 +52,10 @@ from keras_seg.registry import register
 
 __all__ = ["build_fcn32s", "build_fcn16s", "build_fcn8s", "FCN_CROP_OFFSETS"]
 
-_PAPER = "Long, Shelhamer and Darrell, Fully Convolutional Networks, CVPR 2015, https://arxiv.org/abs/1411.4038"
+_PAPER = (
+    "Long, Shelhamer and Darrell, Fully Convolutional Networks, CVPR 2015, "
+    "https://arxiv.org/abs/1411.4038"
+)
 
 #: Crop offsets of the reference Caffe models, in the order the crops are applied.
 FCN_CROP_OFFSETS = {32: (19,), 16: (5, 27), 8: (5, 9, 31)}

@@ -75,7 +75,9 @@ def test_indices_match_tf_max_pool_with_argmax():
     np.testing.assert_array_equal(pooled.numpy(), tf_pooled.numpy())
     np.testing.assert_array_equal(index.numpy(), tf_index.numpy())
     # tf_index is int64: the unpooling layer accepts it too.
-    np.testing.assert_array_equal(MaxUnpooling2D()(pooled, tf_index).numpy(), MaxUnpooling2D()(pooled, index).numpy())
+    np.testing.assert_array_equal(
+        MaxUnpooling2D()(pooled, tf_index).numpy(), MaxUnpooling2D()(pooled, index).numpy()
+    )
 
 
 def test_unpool_gradient_gathers_at_the_indices():
@@ -103,7 +105,7 @@ def test_odd_sizes_are_refused():
         MaxUnpooling2D(0)
 
 
-def test_builtin_tflite_matches_keras_and_numpy_with_ties():
+def test_builtin_tflite_matches_keras_and_numpy_with_ties(tmp_path):
     inputs = keras.Input((None, None, 3), name="image")
     pooled, index = MaxPoolingWithArgmax2D(2, name="pool")(inputs)
     scaled = keras.layers.Rescaling(3.0, offset=1.0, name="scale")(pooled)
@@ -114,6 +116,8 @@ def test_builtin_tflite_matches_keras_and_numpy_with_ties():
     want = np_unpool(want_pooled * 3.0 + 1.0, want_index, (12, 16))
     np.testing.assert_array_equal(model.predict_on_batch(x), want)
     np.testing.assert_array_equal(run_tflite(convert_builtin_only(model, x.shape), x), want)
+    model.save(tmp_path / "unpool.keras")  # the optional ref argument survives a .keras file
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "unpool.keras").predict_on_batch(x), want)
 
 
 def test_layers_round_trip_through_config():

@@ -60,7 +60,9 @@ def test_bilinear_kernel_is_fcn_upsample_filt():
 
 
 def test_bilinear_transposed_convolution_interpolates_a_ramp():
-    up = keras.layers.Conv2DTranspose(1, 4, strides=2, use_bias=False, kernel_initializer=BilinearUpsampling())
+    up = keras.layers.Conv2DTranspose(
+        1, 4, strides=2, use_bias=False, kernel_initializer=BilinearUpsampling()
+    )
     ramp = np.arange(8, dtype="float32")[None, None, :, None].repeat(3, axis=1)  # (1, 3, 8, 1)
     row = up(ramp).numpy()[0, 2, :, 0]  # (8 - 1) * 2 + 4 = 18 columns
     # Output column u sits at input coordinate (u - 1.5) / 2; away from the borders the
@@ -287,7 +289,8 @@ def test_fcn8s_upsampling_is_bilinear_and_trainable_by_option(option, trainable)
     for layer_name, want in trainable.items():
         layer = model.get_layer(layer_name)
         assert layer.trainable is want and layer.use_bias is False
-        np.testing.assert_array_equal(layer.get_weights()[0], BilinearUpsampling()(layer.kernel.shape).numpy())
+        want = BilinearUpsampling()(layer.kernel.shape).numpy()
+        np.testing.assert_array_equal(layer.get_weights()[0], want)
     frozen = sum(not t for t in trainable.values())
     assert len(model.non_trainable_weights) == frozen
 
@@ -494,13 +497,15 @@ def test_deconvnet_parameter_arithmetic():
     assert _deconvnet_params(VGG16_BLOCKS, 21) == 251_839_061
     opts = keras_seg.tiny_options("deconvnet")
     model = _tiny("deconvnet", 21)
-    assert model.count_params() == _deconvnet_params(opts["blocks"], 21, opts["fc_channels"], opts["fc_kernel"])
+    want = _deconvnet_params(opts["blocks"], 21, opts["fc_channels"], opts["fc_kernel"])
+    assert model.count_params() == want
 
 
 def test_deconvnet_pads_small_inputs_to_its_fc6_window():
     """Tiny: fc6 3x3 on the stride-4 map needs 12x12; 5x30 is padded to 12x32, then cropped."""
     model = _tiny("deconvnet")
-    probe = keras.Model(model.input, [model.get_layer("pad").output, model.get_layer("fc6_conv").output, model.output])
+    outputs = [model.get_layer("pad").output, model.get_layer("fc6_conv").output, model.output]
+    probe = keras.Model(model.input, outputs)
     padded, fc6, out = probe.predict_on_batch(np.ones((1, 5, 30, 3), "float32"))
     assert padded.shape[1:3] == (12, 32) and fc6.shape[1:3] == (1, 6) and out.shape == (1, 5, 30, 5)
 
@@ -614,3 +619,16 @@ def test_config_flags_and_model_options_are_real(cfg):
     # The options must be values the builder accepts (checked on the tiny variant, offline).
     options.pop("backbone_weights", None)
     _tiny(model, **options)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "segnet_basic"])
+def test_mixed_float16_keeps_float32_logits(name):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _tiny(name)
+        inner = "fuse_pool3" if name == "fcn8s" else "dec1_unpool"
+        assert model.get_layer(inner).output.dtype == "float16"
+        out = model.predict_on_batch(np.random.default_rng(0).normal(size=(1, 33, 47, 3)).astype("float32"))
+        assert model.output.dtype == "float32" and out.dtype == np.float32 and np.isfinite(out).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

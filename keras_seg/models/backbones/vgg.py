@@ -88,6 +88,8 @@ def vgg16_features(
 ):
     """Applies the VGG16 convolutional blocks to ``inputs``.
 
+    VGG16: Simonyan and Zisserman, ICLR 2015, https://arxiv.org/abs/1409.1556.
+
     Block ``i`` is ``blocks[i-1][1]`` 3x3 convolutions with bias (``block{i}_conv{j}``), each
     followed by ReLU, or by BatchNorm and ReLU (``_bn``, ``_relu``) when ``batch_norm``, then a
     2x2 stride-2 max pooling ``block{i}_pool``.
