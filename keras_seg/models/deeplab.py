@@ -173,7 +173,7 @@ def build_deeplab_v2(
 
 @register(
     "deeplab_v3",
-    tiny=dict(_TINY_RESNET, backbone_blocks=(1, 1, 1, 2), multi_grid=(1, 2), aspp_filters=16),
+    tiny=dict(_TINY_RESNET, multi_grid=(2,), aspp_filters=16),
     paper="Chen et al., DeepLab v3, arXiv 2017, https://arxiv.org/abs/1706.05587",
 )
 def build_deeplab_v3(

@@ -189,7 +189,7 @@ def test_whole_model_weights_option(name, tmp_path):
 
 TINY_PARAMS = {
     "deeplab_v2": 159_676,
-    "deeplab_v3": 324_067,
+    "deeplab_v3": 252_515,
     "pspnet": 272_419,
     "refinenet": 181_835,
     "linknet": 96_799,
