@@ -20,6 +20,11 @@ __all__ = [
     "check_common_args",
     "conv_bn_act",
     "batch_norm",
+    "AdaptiveAvgPool2D",
+    "pyramid_pool",
+    "aspp",
+    "resize_logits",
+    "PadChannels",
     "MaxPoolingWithArgmax2D",
     "MaxUnpooling2D",
     "LocalResponseNorm",
@@ -251,10 +256,11 @@ class CenterCropLike(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
-def logits_layer(x, num_classes: int, name: str = "logits", kernel_size: int = 1):
+def logits_layer(x, num_classes: int, name: str = "logits", kernel_size: int = 1, dilation_rate: int = 1):
     """The final float32 classifier convolution, named ``logits``, with no softmax."""
     return keras.layers.Conv2D(
-        num_classes, kernel_size, padding="same", dtype="float32", name=name
+        num_classes, kernel_size, padding="same", dilation_rate=dilation_rate, dtype="float32",
+        name=name,
     )(x)
 
 
@@ -301,6 +307,126 @@ class InputSizeCheck(keras.layers.Layer):
         }
 
 
+def resize_logits(x, ref, name: str = "logits"):
+    """Bilinear-resizes class scores ``x`` to the size of ``ref`` as a float32 layer ``name``.
+
+    The final layer of every head that predicts at a reduced resolution (DeepLab, PSPNet,
+    RefineNet) and of their auxiliary outputs; float32 keeps logits full precision under
+    mixed precision.
+    """
+    return ResizeLike(name=name, dtype="float32")(x, ref)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class AdaptiveAvgPool2D(keras.layers.Layer):
+    """Average-pools ``(B, H, W, C)`` to ``(B, bins, bins, C)`` for any, dynamic, H and W.
+
+    Bin ``i`` of a side of length ``n`` spans ``[floor(i*n/bins), ceil((i+1)*n/bins))``: the
+    bins of PyTorch's ``AdaptiveAvgPool2d`` and of PSPNet's released code; bins overlap when
+    ``n`` is not a multiple of ``bins`` and are never empty, also for ``n < bins``.
+
+    The pooling is two matrix products with averaging matrices computed from the run-time
+    size, so it converts to builtin TFLite ops (BATCH_MATMUL, RANGE, ...) also with a
+    dynamic input size, where ``AveragePooling2D`` would need a fixed kernel.
+
+    Args:
+      bins: output side length, an int >= 1.
+    """
+
+    def __init__(self, bins: int, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins must be an int >= 1. Received: bins={bins!r}")
+        self.bins = bins
+
+    def _averaging_matrix(self, size, dtype):
+        n = self.bins
+        i = tf.range(n)
+        start = (i * size) // n
+        end = ((i + 1) * size + n - 1) // n
+        pos = tf.range(size)
+        inside = tf.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
+        return tf.cast(inside, dtype) / tf.cast(end - start, dtype)[:, None]
+
+    def call(self, x):
+        shape = tf.shape(x)
+        rows = self._averaging_matrix(shape[1], x.dtype)  # (bins, H)
+        cols = self._averaging_matrix(shape[2], x.dtype)  # (bins, W)
+        y = tf.einsum("ih,bhwc->biwc", rows, x)
+        return tf.einsum("jw,biwc->bijc", cols, y)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bins, self.bins, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class PadChannels(keras.layers.Layer):
+    """Zero-pads the channel axis of ``(B, H, W, C)`` to ``channels`` (ENet's downsampling shortcut).
+
+    Args:
+      channels: output channels, at least the input's.
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int >= 1. Received: channels={channels!r}")
+        self.channels = channels
+
+    def call(self, x):
+        extra = self.channels - x.shape[-1]
+        if extra < 0:
+            raise ValueError(
+                f"{self.name}: input has more than {self.channels} channels. "
+                f"Received: input channels={x.shape[-1]}"
+            )
+        return tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.channels,)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+def pyramid_pool(x, bins: Sequence[int] = (1, 2, 3, 6), filters: Optional[int] = None, *, name: str = "ppm"):
+    """PSPNet's pyramid pooling module (Zhao et al., CVPR 2017, https://arxiv.org/abs/1612.01105).
+
+    Each bin size ``b`` gives a branch ``{name}_b{b}``: adaptive average pooling to ``b x b``,
+    1x1 convolution to ``filters`` (default ``C / len(bins)``), batch norm, ReLU and bilinear
+    upsampling back to ``x``'s size. Returns ``concat([x, *branches])`` (layer ``{name}_concat``).
+    """
+    channels = x.shape[-1]
+    filters = filters or channels // len(bins)
+    branches = [x]
+    for b in bins:
+        y = AdaptiveAvgPool2D(b, name=f"{name}_b{b}_pool")(x)
+        y = conv_bn_act(y, filters, f"{name}_b{b}", kernel_size=1)
+        branches.append(ResizeLike(name=f"{name}_b{b}_up")(y, x))
+    return keras.layers.Concatenate(name=f"{name}_concat")(branches)
+
+
+def aspp(x, filters: int = 256, rates: Sequence[int] = (6, 12, 18), *, image_pooling: bool = True, name: str = "aspp"):
+    """DeepLab v3's atrous spatial pyramid pooling (Chen et al., 2017, https://arxiv.org/abs/1706.05587).
+
+    Branches, each convolution + batch norm + ReLU with ``filters`` channels: a 1x1
+    convolution (``{name}_1x1``), one 3x3 convolution per atrous rate (``{name}_r{rate}``) and,
+    with ``image_pooling``, global average pooling -> 1x1 convolution -> bilinear upsampling
+    (``{name}_pool``). They are concatenated and projected by a 1x1 convolution + batch norm +
+    ReLU (``{name}_proj``).
+    """
+    branches = [conv_bn_act(x, filters, f"{name}_1x1", kernel_size=1)]
+    for rate in rates:
+        branches.append(conv_bn_act(x, filters, f"{name}_r{rate}", dilation_rate=rate))
+    if image_pooling:
+        y = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
+        y = conv_bn_act(y, filters, f"{name}_pool", kernel_size=1)
+        branches.append(ResizeLike(name=f"{name}_pool_up")(y, x))
+    y = keras.layers.Concatenate(name=f"{name}_concat")(branches)
+    return conv_bn_act(y, filters, f"{name}_proj", kernel_size=1)
 # =============================================================================
 # Max pooling with argmax indices, and max unpooling (SegNet, DeconvNet, ENet)
 # =============================================================================

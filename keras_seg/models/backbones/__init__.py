@@ -1,5 +1,16 @@
-"""Backbones: functions from an input tensor to ``{stride: feature tensor}``."""
+"""Backbones: functions from an input tensor to ``{stride: feature tensor}``.
 
+``resnet()`` itself is imported from :mod:`keras_seg.models.backbones.resnet`: re-exporting it
+here would shadow that submodule.
+"""
+
+from keras_seg.models.backbones.resnet import (  # noqa: F401
+    RESNET_ARCHS,
+    build_resnet_backbone,
+    check_resnet_args,
+    load_resnet_weights,
+    resnet_stages,
+)
 from keras_seg.models.backbones.vgg import (  # noqa: F401
     VGG16_BLOCKS,
     check_backbone_weights,
@@ -9,6 +20,11 @@ from keras_seg.models.backbones.vgg import (  # noqa: F401
 )
 
 __all__ = [
+    "RESNET_ARCHS",
+    "resnet_stages",
+    "build_resnet_backbone",
+    "check_resnet_args",
+    "load_resnet_weights",
     "VGG16_BLOCKS",
     "vgg16_features",
     "load_vgg16_weights",

@@ -7,12 +7,16 @@ same function builds the three encoders of the VGG family:
 * FCN (``conv1_pad=100``, ``pooling="ceil"``): Caffe's VGG16 with ceil-mode pooling;
 * SegNet / DeconvNet (``batch_norm=True``, ``pooling="argmax"``): VGG16-BN whose pooling
   also returns the argmax indices the decoder unpools with;
-* plain VGG16 (defaults), for DeepLab v1 or G-FRNet later.
+* plain VGG16 (defaults);
+* DeepLab v1 (``pooling="caffe3x3", output_stride=8``): 3x3 stride-2 pooling, the last two
+  pools at stride 1 and block 5 dilated by 2;
+* G-FRNet (``batch_norm=True, pooling="ceil", pool_dropout=..., pre_pool=True``): also the
+  last activation of every block, before its pooling.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -30,7 +34,7 @@ __all__ = [
 #: ``(filters, number of 3x3 convolutions)`` of VGG16's five blocks.
 VGG16_BLOCKS: Tuple[Tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
-_POOLINGS = ("max", "ceil", "argmax")
+_POOLINGS = ("max", "ceil", "argmax", "caffe3x3")
 _NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
@@ -58,11 +62,15 @@ def check_vgg_blocks(blocks) -> Tuple[Tuple[int, int], ...]:
     return tuple((f, n) for f, n in blocks)
 
 
-def _vgg_conv(x, filters: int, name: str, use_bn: bool, padding: str = "same"):
+def _vgg_conv(x, filters: int, name: str, use_bn: bool, padding: str = "same", dilation: int = 1):
     """3x3 convolution with bias, then (BN and) ReLU: ``name``, ``name_bn``, ``name_relu``."""
     if not use_bn:  # exactly keras.applications.VGG16's layer
-        return keras.layers.Conv2D(filters, 3, padding=padding, activation="relu", name=name)(x)
-    x = keras.layers.Conv2D(filters, 3, padding=padding, kernel_initializer="he_normal", name=name)(x)
+        return keras.layers.Conv2D(
+            filters, 3, padding=padding, dilation_rate=dilation, activation="relu", name=name
+        )(x)
+    x = keras.layers.Conv2D(
+        filters, 3, padding=padding, dilation_rate=dilation, kernel_initializer="he_normal", name=name
+    )(x)
     x = batch_norm(f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
@@ -74,6 +82,9 @@ def vgg16_features(
     batch_norm: bool = False,  # pylint: disable=redefined-outer-name
     pooling: str = "max",
     conv1_pad: int = 1,
+    output_stride: Optional[int] = None,
+    pool_dropout: Optional[Mapping[int, float]] = None,
+    pre_pool: bool = False,
 ):
     """Applies the VGG16 convolutional blocks to ``inputs``.
 
@@ -92,14 +103,28 @@ def vgg16_features(
         ``"ceil"``: Caffe's ceil-mode pooling (``ceil(n / 2)`` outputs, the last window
         clipped), as the FCN reference models. ``"argmax"``: :class:`MaxPoolingWithArgmax2D`;
         H and W must be multiples of ``2 ** len(blocks)``.
+        ``"caffe3x3"``: DeepLab's Caffe pooling, 3x3 windows with stride 2 over the input
+        zero-padded by 1 (layers ``block{i}_pool_pad``, ``block{i}_pool``; the padding never
+        wins a max after ReLU): ``ceil(n / 2)`` outputs, Caffe's count for odd ``n``.
       conv1_pad: Caffe ``pad`` of ``block1_conv1``: 1 is "same" (VGG16); FCN uses 100, so that
         ``block1_conv1`` is a valid convolution over the input zero-padded by 100 (layer
         ``block1_pad``).
+      output_stride: ``None`` (every pool has stride 2) or a power of two below ``2**n``
+        (``pooling="caffe3x3"`` only): the pools that would exceed it get stride 1 and the
+        convolutions after each of them double their dilation (DeepLab v1: 8, so pool4 and
+        pool5 keep the size and block 5 is dilated by 2).
+      pool_dropout: ``{block index: rate}``: dropout after those blocks' pooling (layer
+        ``block{i}_pool_dropout``), e.g. G-FRNet's ``{3: 0.5, 4: 0.5, 5: 0.5}``.
+      pre_pool: also return ``{stride: activation}`` of every block's last convolution
+        before its pooling (``{1: block1_conv2, 2: block2_conv2, ..., 16: block5_conv3}`` for
+        VGG16); not with ``pooling="argmax"``.
 
     Returns:
-      ``{2: pool1, 4: pool2, ..., 2**n: pool_n}``, the output of every block by its stride.
-      With ``pooling="argmax"``, a pair ``(features, indices)`` where ``indices`` has the same
-      keys and holds each pooling's int32 argmax indices, for :class:`MaxUnpooling2D`.
+      ``{2: pool1, 4: pool2, ..., 2**n: pool_n}``, the output of every block by its stride
+      (where pools keep the stride, the deepest one). With ``pooling="argmax"``, a pair
+      ``(features, indices)`` where ``indices`` has the same keys and holds each pooling's
+      int32 argmax indices, for :class:`MaxUnpooling2D`. With ``pre_pool``, a pair
+      ``(features, pre_pool_features)``.
 
     Raises:
       ValueError: for an invalid option.
@@ -109,10 +134,30 @@ def vgg16_features(
         raise ValueError(f"pooling must be one of {_POOLINGS}. Received: pooling={pooling!r}")
     if isinstance(conv1_pad, bool) or not isinstance(conv1_pad, int) or conv1_pad < 0:
         raise ValueError(f"conv1_pad must be an int >= 0. Received: conv1_pad={conv1_pad!r}")
+    full_stride = 2 ** len(blocks)
+    if output_stride is None:
+        output_stride = full_stride
+    valid_strides = [2**k for k in range(len(blocks) + 1)]
+    if output_stride not in valid_strides or (output_stride != full_stride and pooling != "caffe3x3"):
+        raise ValueError(
+            f"output_stride must be a power of two up to {full_stride}, below it only with "
+            f"pooling='caffe3x3'. Received: output_stride={output_stride!r}"
+        )
+    pool_dropout = dict(pool_dropout or {})
+    for block, rate in pool_dropout.items():
+        if block not in range(1, len(blocks) + 1) or not 0.0 <= float(rate) < 1.0:
+            raise ValueError(
+                "pool_dropout maps block indices (1-based) to rates in [0, 1). "
+                f"Received: pool_dropout={pool_dropout!r}"
+            )
+    if pre_pool and pooling == "argmax":
+        raise ValueError("pre_pool is not available with pooling='argmax'. Received: pre_pool=True")
 
     x = inputs
     features: Dict[int, tf.Tensor] = {}
     indices: Dict[int, tf.Tensor] = {}
+    before_pool: Dict[int, tf.Tensor] = {}
+    stride, dilation = 1, 1
     for i, (filters, convs) in enumerate(blocks, start=1):
         for j in range(1, convs + 1):
             name = f"block{i}_conv{j}"
@@ -121,15 +166,25 @@ def vgg16_features(
                     x = keras.layers.ZeroPadding2D(conv1_pad, name="block1_pad")(x)
                 x = _vgg_conv(x, filters, name, batch_norm, padding="valid")
             else:
-                x = _vgg_conv(x, filters, name, batch_norm)
-        stride = 2**i
+                x = _vgg_conv(x, filters, name, batch_norm, dilation=dilation)
+        before_pool[stride] = x
+        pool_stride = 2 if stride < output_stride else 1
         if pooling == "argmax":
-            x, indices[stride] = MaxPoolingWithArgmax2D(2, name=f"block{i}_pool")(x)
+            x, indices[2 * stride] = MaxPoolingWithArgmax2D(2, name=f"block{i}_pool")(x)
+        elif pooling == "caffe3x3":
+            x = keras.layers.ZeroPadding2D(1, name=f"block{i}_pool_pad")(x)
+            x = keras.layers.MaxPooling2D(3, strides=pool_stride, name=f"block{i}_pool")(x)
         else:
             pad = "same" if pooling == "ceil" else "valid"
             x = keras.layers.MaxPooling2D(2, strides=2, padding=pad, name=f"block{i}_pool")(x)
+        if pool_dropout.get(i):
+            x = keras.layers.Dropout(pool_dropout[i], name=f"block{i}_pool_dropout")(x)
+        stride *= pool_stride
+        dilation *= 2 // pool_stride
         features[stride] = x
-    return (features, indices) if pooling == "argmax" else features
+    if pooling == "argmax":
+        return features, indices
+    return (features, before_pool) if pre_pool else features
 
 
 def _reference_vgg16(weights: str) -> keras.Model:
