@@ -4,17 +4,22 @@
 
     flags.txt            resolved training flags (replay with --flagfile)
     model_config.json    model name, num_classes, options, class names, palette, ignore label
-    ckpt/                latest checkpoints (tf.train.CheckpointManager)
+    ckpt/                latest checkpoints (tf.train.CheckpointManager); unreadable ones
+                         found on resume are renamed *.corrupt
     best/                checkpoint with the best eval mean IoU, and best.json
     eval/                metrics-<step>.json per evaluation
     train/, eval/        TensorBoard event files
+    .tmp-worker-<i>/     multi-worker only, for an instant: another worker's copy of a
+                         checkpoint being saved (only the chief's is kept)
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -67,6 +72,103 @@ def find_checkpoint(model_dir: str, which: str = "latest") -> str:
     if not tf.io.gfile.exists(which + ".index"):
         raise CheckpointError(f"Checkpoint {which!r} not found (no {which}.index).")
     return which
+
+
+def error_line(e: BaseException) -> str:
+    """The first informative line of an exception's message (TF errors start with op traces)."""
+    text = (getattr(e, "message", None) or str(e) or "").strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node", "File ")) \
+                and not line.startswith("[[") and line != "Traceback (most recent call last):":
+            return line[:300]
+    return type(e).__name__
+
+
+def restore_newest(make_checkpoint: Callable[[], tf.train.Checkpoint], directory: str,
+                   log: Callable[[str], None] = print) -> Tuple[Optional[str], List[str]]:
+    """Restores the newest checkpoint of ``directory`` that reads back whole.
+
+    The candidates are those of the ``checkpoint`` state file, newest first. One that cannot
+    be restored (a truncated or corrupt ``.index`` or ``.data`` file, a missing file) is
+    skipped, and a warning names it and the checkpoint restored instead. Each attempt uses a
+    fresh ``tf.train.Checkpoint`` from ``make_checkpoint``, and a successful restore assigns
+    every variable, so nothing of a failed attempt survives.
+
+    Args:
+      make_checkpoint: returns a new ``tf.train.Checkpoint`` over the objects to restore.
+      directory: a ``tf.train.CheckpointManager`` directory.
+      log: where the warning goes.
+
+    Returns:
+      ``(restored path or None when the directory holds no checkpoint, skipped paths)``.
+
+    Raises:
+      CheckpointError: checkpoints are listed but none can be restored.
+    """
+    state = tf.train.get_checkpoint_state(directory) if tf.io.gfile.isdir(directory) else None
+    if state is None or not state.model_checkpoint_path:
+        return None, []
+    latest = state.model_checkpoint_path
+    candidates = [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+    bad: List[Tuple[str, str]] = []
+    for path in candidates:
+        try:
+            status = make_checkpoint().read(path)
+            status.assert_existing_objects_matched()
+            status.expect_partial()  # values without a Python object yet (save_counter) are fine
+        # TF reports damage as OpError (DataLoss, NotFound, ...) or, from its reader, IndexError.
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as e:
+            bad.append((path, error_line(e)))
+            continue
+        if bad:
+            log(f"warning: checkpoint {bad[0][0]} cannot be restored ({bad[0][1]}); resuming from the "
+                f"previous one, {path}" + (f" (also skipped: {[b[0] for b in bad[1:]]})" if bad[1:] else "") + ".")
+        return path, [b[0] for b in bad]
+    raise CheckpointError(
+        f"None of the checkpoints in {directory} can be restored: "
+        + "; ".join(f"{p}: {why}" for p, why in bad)
+        + ". Move the directory away to train from scratch."
+    )
+
+
+def set_aside_checkpoints(directory: str, bad: List[str], keep: str) -> None:
+    """Renames the files of the ``bad`` checkpoints to ``*.corrupt`` and makes ``keep`` the latest.
+
+    The ``checkpoint`` state file is rewritten (atomically) without them, so that a later
+    save, ``find_checkpoint`` and ``evaluate`` never pick them up.
+    """
+    for prefix in bad:
+        for f in glob.glob(glob.escape(prefix) + ".index") + glob.glob(glob.escape(prefix) + ".data-*"):
+            os.replace(f, f + ".corrupt")
+    state = tf.train.get_checkpoint_state(directory)
+    stamps = list(state.all_model_checkpoint_timestamps) or [state.last_preserved_timestamp + 1.0] * len(
+        state.all_model_checkpoint_paths)
+    kept = [(p, t) for p, t in zip(state.all_model_checkpoint_paths, stamps) if p not in bad]
+    tf.compat.v1.train.update_checkpoint_state(  # written atomically (temp file + rename)
+        directory, os.path.basename(keep),
+        all_model_checkpoint_paths=[os.path.basename(p) for p, _ in kept],
+        all_model_checkpoint_timestamps=[t for _, t in kept],
+        last_preserved_timestamp=state.last_preserved_timestamp,
+    )
+
+
+def remove_partial_writes(directory: str) -> List[str]:
+    """Deletes what a checkpoint write killed half-way leaves behind; returns the paths.
+
+    TF writes ``<prefix>_temp/`` shards and ``*.tempstate*`` files, then renames them into
+    place, and ``CheckpointManager`` updates the ``checkpoint`` state file (through a
+    ``checkpoint.tmp*`` file and a rename) only after that; so these leftovers are never
+    referenced, only wasted space. Call it while no other process writes to ``directory``.
+    """
+    pattern = [os.path.join(glob.escape(directory), p) for p in ("*_temp", "*.tempstate*", "checkpoint.tmp*")]
+    found = sorted(set(sum((glob.glob(p) for p in pattern), [])))
+    for path in found:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return found
 
 
 def build_full_model(model_config: Dict[str, Any], input_shape=(None, None, 3)) -> keras.Model:

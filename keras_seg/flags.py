@@ -15,6 +15,7 @@ from absl import flags
 from keras_seg.registry import get_spec
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+CLUSTERS = ("tf_config", "slurm")
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -50,8 +51,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     steps_per_run: int = 0
     seed: int = 0
+    deterministic: bool = False
+    data_shards: int = 0
     strategy: str = "auto"
     device: Optional[str] = None
+    cluster: str = "tf_config"
+    cluster_port: int = 8888
+    worker_timeout: float = 600.0
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -81,7 +87,13 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every", ">= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
             (self.steps_per_run >= 0, "steps_per_run", ">= 0 (0: no limit)"),
+            (self.data_shards >= 0, "data_shards", ">= 0 (0: one per worker)"),
+            (self.data_shards == 0 or self.batch_size % self.data_shards == 0, "data_shards",
+             f"a divisor of --batch_size={self.batch_size}"),
             (self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}"),
+            (self.cluster in CLUSTERS, "cluster", f"one of {CLUSTERS}"),
+            (0 < self.cluster_port < 65536, "cluster_port", "a port number"),
+            (self.worker_timeout > 0, "worker_timeout", "> 0 seconds"),
         ]
         for ok, name, want in checks:
             if not ok:
@@ -124,8 +136,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("keep_checkpoints", d["keep_checkpoints"].default, "Checkpoints kept.")
     flags.DEFINE_integer("steps_per_run", 0, "Stop this invocation after N steps (checkpointed); rerun to continue. For time-limited jobs. 0: no limit.")
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of initialisation, shuffling and augmentation.")
-    flags.DEFINE_enum("strategy", "auto", STRATEGIES, "auto: multi_worker if TF_CONFIG names a cluster, else mirrored over all local devices.")
+    flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): a resumed run ends with the weights of an uninterrupted one. Slower on GPUs.")
+    flags.DEFINE_integer("data_shards", d["data_shards"].default, "Input shards of the training data (0: one per worker). A multiple of the worker count; fixing it makes the batches independent of the number of workers.")
+    flags.DEFINE_enum("strategy", "auto", STRATEGIES, "auto: multi_worker if the cluster (--cluster) has several tasks, else mirrored over all local devices.")
     flags.DEFINE_string("device", None, "With --strategy=one_device: the device, e.g. /cpu:0 or /gpu:1.")
+    flags.DEFINE_enum("cluster", d["cluster"].default, CLUSTERS, "Where the multi-worker cluster comes from: the TF_CONFIG environment variable, or Slurm's (run under srun).")
+    flags.DEFINE_integer("cluster_port", d["cluster_port"].default, "With --cluster=slurm: port of the first task on each node; the node's next tasks take the next ports.")
+    flags.DEFINE_float("worker_timeout", d["worker_timeout"].default, "Multi-worker: seconds a worker waits for the others (start-up, each step, checkpoint and evaluation) before it exits with an error; rerun every worker to resume.")
 
 
 TRAIN_FLAGS = (
@@ -133,7 +150,8 @@ TRAIN_FLAGS = (
     "crop_size", "batch_size", "eval_batch_size", "train_steps", "optimizer", "learning_rate",
     "momentum", "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale",
     "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
-    "keep_checkpoints", "steps_per_run", "seed", "strategy", "device",
+    "keep_checkpoints", "steps_per_run", "seed", "deterministic", "data_shards", "strategy", "device",
+    "cluster", "cluster_port", "worker_timeout",
 )
 
 
@@ -189,7 +207,9 @@ def config_from_flags(f) -> TrainConfig:
         class_weights=_parse_class_weights(f.class_weights), min_scale=f.min_scale,
         max_scale=f.max_scale, flip=f.flip, photometric=f.photometric, eval_every=f.eval_every,
         log_every=f.log_every, checkpoint_every=f.checkpoint_every,
-        keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, seed=f.seed, strategy=f.strategy, device=f.device,
+        keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, seed=f.seed,
+        deterministic=f.deterministic, data_shards=f.data_shards, strategy=f.strategy, device=f.device,
+        cluster=f.cluster, cluster_port=f.cluster_port, worker_timeout=f.worker_timeout,
     )
     cfg.validate()
     return cfg

@@ -3,7 +3,10 @@ r"""Training entry point.
     python -m keras_seg.train --flagfile=configs/unet.cfg [--model_dir=runs/unet]
 
 Flagfiles nest (``--flagfile`` inside a flagfile) and the last value wins. Rerunning the
-same command resumes from the latest checkpoint in ``--model_dir``.
+same command resumes from the latest checkpoint in ``--model_dir``. With ``TF_CONFIG`` (or
+``--cluster=slurm`` under ``srun``) naming several tasks, every task runs this command and
+they train together (docs/distributed.md). Exit status: 0 done, 1 error, 75 a worker was
+lost (rerun every worker to resume).
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]} (flags start with --).")
     from keras_seg import flags as ks_flags  # pylint: disable=import-outside-toplevel
-    from keras_seg.training import NonFiniteLossError, train  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import (  # pylint: disable=import-outside-toplevel
+        RESTART_EXIT_CODE, NonFiniteLossError, WorkerLostError, train)
 
     try:
         cfg = ks_flags.config_from_flags(FLAGS)
         result = train(cfg, flags_text=ks_flags.flags_to_text(FLAGS), log=lambda m: print(m, flush=True))
+    except WorkerLostError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(RESTART_EXIT_CODE)  # pylint: disable=protected-access  # TF's shutdown would wait for the lost worker
     except (ValueError, OSError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -3,22 +3,42 @@
 A custom loop rather than ``model.fit``: Keras 3's ``fit`` does not run under
 ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), and the loss is normalised by the
 *global* count of valid pixels, so N replicas compute exactly the single-device update.
+
+Fault tolerance (see docs/distributed.md): checkpoints hold the model, the optimizer (its
+step drives the learning-rate schedule) and the dropout RNG state, and the data position
+is restored by skipping the batches already consumed, so a killed run loses only the steps
+since its last checkpoint. Under ``MultiWorkerMirroredStrategy`` every wait on the other
+workers is bounded by ``worker_timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_seg.checkpoints import BEST_DIR, LATEST_DIR, build_full_model, write_model_config, read_model_config
+from keras_seg.checkpoints import (
+    BEST_DIR,
+    LATEST_DIR,
+    build_full_model,
+    error_line,
+    read_model_config,
+    remove_partial_writes,
+    restore_newest,
+    set_aside_checkpoints,
+    write_model_config,
+)
 from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import atomic_write_json, class_weights_from_manifest, load_manifest
 from keras_seg.data.pipeline import DataConfig, make_dataset
@@ -64,22 +84,173 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     return opt
 
 
-def make_strategy(name: str = "auto", device: Optional[str] = None) -> tf.distribute.Strategy:
+RESTART_EXIT_CODE = 75
+"""Exit status after a lost worker: rerun every worker with the same command to resume."""
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker job died, restarted or stopped answering."""
+
+
+_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                   tf.errors.AbortedError)
+
+
+class _Watchdog:
+    """Bounds the waits on the other workers: a wait longer than ``seconds`` ends the process.
+
+    The countdown runs in a helper process (``keras_seg/_watchdog.py``): while TensorFlow
+    connects to the cluster it holds the GIL, so a thread could not act, and it catches
+    SIGTERM. On expiry the helper prints a message naming the wait, the step and the last
+    checkpoint, and SIGKILLs this process (exit status 137). Checkpoints are written
+    atomically, so nothing is lost but the steps since the last one.
+    """
+
+    def __init__(self, seconds: float, context: Callable[[], str] = lambda: ""):
+        self.seconds, self._context = float(seconds), context
+        helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")
+        self._proc = subprocess.Popen([sys.executable, helper, str(os.getpid())], stdin=subprocess.PIPE)
+
+    def arm(self, what: str) -> None:
+        """Starts (or restarts) the countdown for ``what``."""
+        message = (f"error: no progress for {self.seconds:g}s (--worker_timeout) while {what}: another worker is "
+                   f"down, restarting or stuck. {self._context()}Restart every worker with the same command; "
+                   "training resumes from the last checkpoint.")
+        self._send(f"{self.seconds} {message}")
+
+    @contextlib.contextmanager
+    def armed(self, what: str) -> Iterator[None]:
+        """Bounds the ``with`` block; the helper ends with it."""
+        self.arm(what)
+        try:
+            yield
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stops the countdown and ends the helper."""
+        if self._proc.stdin and not self._proc.stdin.closed:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    def _send(self, line: str) -> None:
+        try:
+            self._proc.stdin.write((line.replace("\n", " ") + "\n").encode("utf-8"))
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):  # the helper is gone: nothing to bound
+            pass
+
+
+def _max_tasks_per_node(spec: str) -> int:
+    """``SLURM_STEP_TASKS_PER_NODE`` such as ``"2(x3),1"`` -> 2."""
+    return max(int(part.split("(")[0]) for part in spec.split(",") if part)
+
+
+def slurm_cluster_resolver(port_base: int = 8888) -> tf.distribute.cluster_resolver.ClusterResolver:
+    """The cluster of a Slurm job step (``srun``), with GPUs or CPU only.
+
+    Tasks are listed node by node from ``SLURM_STEP_NODELIST`` and
+    ``SLURM_STEP_TASKS_PER_NODE``; the tasks of a node listen on ``port_base``,
+    ``port_base + 1``, ... (``tf.distribute.cluster_resolver.SlurmClusterResolver``). The
+    node's GPUs (``CUDA_VISIBLE_DEVICES``, else ``SLURM_GPUS_ON_NODE``) are split evenly
+    between its tasks by setting ``CUDA_VISIBLE_DEVICES``; without GPUs each task runs on
+    its CPU (which ``SlurmClusterResolver`` alone cannot do).
+
+    Args:
+      port_base: port of the first task on each node.
+
+    Returns:
+      A resolved ``ClusterResolver`` (``task_type`` and ``task_id`` set).
+
+    Raises:
+      ValueError: not inside a Slurm job step, or fewer GPUs than tasks on a node.
+    """
+    missing = [v for v in ("SLURM_PROCID", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE") if v not in os.environ]
+    if missing:
+        raise ValueError(f"--cluster=slurm needs a Slurm job step (run under srun); {missing} are not set.")
+    tasks_per_node = _max_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        node_gpus = len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    else:
+        node_gpus = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
+    resolvers = tf.distribute.cluster_resolver
+    if node_gpus:
+        if node_gpus < tasks_per_node:
+            raise ValueError(
+                f"{node_gpus} GPU(s) per node cannot be split between {tasks_per_node} tasks per node; "
+                "start one task per node or per GPU (srun --ntasks-per-node)."
+            )
+        resolver = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=node_gpus,
+                                                  gpus_per_task=node_gpus // tasks_per_node, auto_set_gpu=True)
+        resolver.cluster_spec()  # resolves task_type/task_id and sets CUDA_VISIBLE_DEVICES
+        return resolver
+    # CPU only: SlurmClusterResolver needs a GPU per task; borrow its task layout only.
+    layout = resolvers.SlurmClusterResolver(port_base=port_base, gpus_per_node=tasks_per_node,
+                                            gpus_per_task=1, auto_set_gpu=False)
+    spec = layout.cluster_spec()
+    return resolvers.SimpleClusterResolver(spec, task_type=layout.task_type, task_id=layout.task_id,
+                                           num_accelerators={}, rpc_layer="grpc")
+
+
+def cluster_resolver(cluster: str = "tf_config", port_base: int = 8888) -> tf.distribute.cluster_resolver.ClusterResolver:
+    """``tf_config``: the ``TF_CONFIG`` environment variable; ``slurm``: :func:`slurm_cluster_resolver`."""
+    if cluster == "tf_config":
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if cluster == "slurm":
+        return slurm_cluster_resolver(port_base)
+    raise ValueError(f"Unknown cluster. Received: cluster={cluster!r}")
+
+
+def make_strategy(name: str = "auto", device: Optional[str] = None, *, cluster: str = "tf_config",
+                  port_base: int = 8888, worker_timeout: float = 600.0) -> tf.distribute.Strategy:
     """``mirrored`` (all local devices), ``one_device``, ``multi_worker`` or ``auto``.
 
-    ``auto`` picks ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one
-    task, else ``mirrored``.
+    Args:
+      name: ``auto`` picks ``multi_worker`` when the cluster (``cluster``) has more than one
+        task, else ``mirrored``.
+      device: the device of ``one_device``.
+      cluster: where ``multi_worker`` finds its cluster: ``tf_config`` or ``slurm``
+        (:func:`cluster_resolver`).
+      port_base: with ``cluster="slurm"``, the port of the first task on each node.
+      worker_timeout: ``multi_worker``: seconds to wait for the other workers to come up, and
+        the timeout of every collective operation; past it the process ends with an error.
+
+    Returns:
+      The strategy.
     """
-    if name == "auto":
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-        tasks = sum(len(v) for v in tf_config.get("cluster", {}).values())
-        name = "multi_worker" if tasks > 1 else "mirrored"
+    if name in ("auto", "multi_worker"):
+        resolver = cluster_resolver(cluster, port_base)
+        spec = resolver.cluster_spec().as_dict()
+        tasks = sum(len(v) for v in spec.values())
+        if name == "auto":
+            name = "multi_worker" if tasks > 1 else "mirrored"
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(device or "/cpu:0")
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout)
+        try:
+            with _Watchdog(worker_timeout).armed(f"connecting to the {tasks} tasks of the cluster {spec}"):
+                return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                                 communication_options=options)
+        except _CLUSTER_ERRORS as e:
+            raise WorkerLostError(
+                f"Could not join the cluster {spec} ({error_line(e)}). Restart every worker with the same "
+                "command; training resumes from the last checkpoint."
+            ) from e
+        except tf.errors.UnknownError as e:
+            if "Could not start gRPC server" not in str(e):
+                raise
+            address = spec[resolver.task_type][resolver.task_id]
+            raise ValueError(
+                f"Could not listen on {address}, this task's address in the cluster: the port is in use "
+                "(is an earlier run of this task still running?)."
+            ) from e
     raise ValueError(f"Unknown strategy. Received: strategy={name!r}")
 
 
@@ -94,9 +265,44 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Number of worker processes (1 unless ``MultiWorkerMirroredStrategy`` spans several)."""
+    return strategy.num_replicas_in_sync // max(len(strategy.extended.worker_devices), 1)
+
+
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    """This worker's position among the workers (the chief is 0), as ``tf.distribute`` counts it."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or num_workers(strategy) == 1:
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return resolver.task_id + (1 if has_chief else 0)
+
+
+def sum_over_workers(strategy: tf.distribute.Strategy, value) -> np.ndarray:
+    """Sums a host value over the workers (a collective: every worker must call it)."""
+    value = np.asarray(value)
+    if num_workers(strategy) == 1:
+        return value
+    local = len(strategy.extended.worker_devices)
+    zeros = np.zeros_like(value)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(value if ctx.replica_id_in_sync_group % local == 0 else zeros))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+
+
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ignore_label: int,
-             log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Runs ``model`` over ``dataset`` and returns the FCN scores plus the confusion matrix."""
+             log: Optional[Callable[[str], None]] = None,
+             strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+    """Runs ``model`` over ``dataset`` and returns the FCN scores plus the confusion matrix.
+
+    The model runs on this process alone, outside ``strategy.run``, so no collective op is
+    involved. With a multi-worker ``strategy`` each worker passes its own shard of the data,
+    and the confusion matrices are summed over the workers at the end (one collective, so
+    every worker must call this).
+    """
     metric = StreamingConfusionMatrixMetric(num_classes, ignore_label)
 
     @tf.function
@@ -112,6 +318,9 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
         step(images, labels)
         n += int(images.shape[0])
     cm = metric.confusion_matrix()
+    if strategy is not None and num_workers(strategy) > 1:
+        total = sum_over_workers(strategy, np.append(np.asarray(cm, np.int64).ravel(), n))
+        cm, n = total[:-1].reshape(np.shape(cm)), int(total[-1])
     scores = scores_from_confusion_matrix(cm)
     if log:
         log(f"evaluated {n} images in {time.time() - start:.1f}s")
@@ -146,6 +355,10 @@ def scores_to_json(scores: Dict[str, Any], class_names: List[str], step: int) ->
     }
 
 
+class ModelDirWriteError(OSError):
+    """``model_dir`` cannot be written: read-only, missing permissions or a full disk."""
+
+
 def _check_writable(model_dir: str) -> None:
     try:
         os.makedirs(model_dir, exist_ok=True)
@@ -154,7 +367,56 @@ def _check_writable(model_dir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise OSError(f"--model_dir {model_dir} is not writable ({e.strerror}). Choose another directory.") from e
+        raise ModelDirWriteError(f"--model_dir {model_dir} is not writable ({e.strerror}). Choose another directory.") from e
+
+
+def _check_free_space(model_dir: str, variables, copies: int) -> None:
+    """Refuses to start when ``model_dir`` cannot hold ``copies`` checkpoints of ``variables``."""
+    nbytes = int(sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables))
+    free = shutil.disk_usage(model_dir).free
+    if free < nbytes * copies:
+        raise ModelDirWriteError(
+            f"--model_dir {model_dir} has {free / 2**20:.1f} MiB free but its checkpoints need about "
+            f"{nbytes * copies / 2**20:.1f} MiB ({copies} copies of {nbytes / 2**20:.1f} MiB of model and "
+            "optimizer state). Free some space, lower --keep_checkpoints or choose another directory."
+        )
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: str, step: int, last_checkpoint: Optional[str]) -> Iterator[None]:
+    """Turns a failed write into a :class:`ModelDirWriteError` naming ``path`` and ``step``."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        if isinstance(e, ModelDirWriteError):
+            raise
+        raise ModelDirWriteError(
+            f"Writing {what + ' ' if what else ''}{path} failed at step {step}: {error_line(e)}. Is the disk full or the "
+            f"directory read-only? Last good checkpoint: {last_checkpoint or 'none'}. Fix it and rerun the "
+            "same command to resume from it."
+        ) from e
+
+
+def seed_generator_states(model: keras.Model) -> Dict[str, keras.Variable]:
+    """The state variables of the model's ``keras.random.SeedGenerator`` s (dropout), by layer name.
+
+    Keras tracks them as model variables, but ``tf.train.Checkpoint(model=...)`` does not
+    save them; checkpointing this dict makes dropout masks continue exactly after a resume.
+    """
+    states: Dict[str, keras.Variable] = {}
+
+    def visit(layer):
+        if isinstance(layer, keras.Model) and layer is not model:
+            for sub in layer.layers:
+                visit(sub)
+            return
+        own = [v for v in layer.variables if v.name == "seed_generator_state"]
+        for i, v in enumerate(own):
+            states[f"{layer.name}_seed{i}"] = v
+
+    for layer in model.layers:
+        visit(layer)
+    return states
 
 
 def _fmt_time(seconds: float) -> str:
@@ -193,23 +455,134 @@ class TrainResult:
     eval_scores: Optional[Dict[str, Any]]
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Where a run is, for error messages."""
+
+    step: int = 0
+    last_checkpoint: Optional[str] = None
+
+    def __str__(self) -> str:
+        return f"At step {self.step}; last checkpoint: {self.last_checkpoint or 'none'}. "
+
+
+def _prepare_model_dir(cfg: TrainConfig, model_config: Dict[str, Any], flags_text: Optional[str]) -> None:
+    """Chief: refuses a model_dir of another model; writes model_config.json and flags.txt."""
+    existing = os.path.join(cfg.model_dir, "model_config.json")
+    if os.path.isfile(existing):
+        old = read_model_config(cfg.model_dir)
+        for key in ("model", "num_classes", "model_options"):
+            if old.get(key) != model_config[key]:
+                raise ValueError(
+                    f"--model_dir {cfg.model_dir} holds a run with {key}={old.get(key)!r}, not "
+                    f"{model_config[key]!r}. Use a new --model_dir to train a different model."
+                )
+    with _writing("", existing, 0, None):
+        write_model_config(cfg.model_dir, model_config)
+    if flags_text is not None:
+        path = os.path.join(cfg.model_dir, "flags.txt")
+        with _writing("", path, 0, None):
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(flags_text)
+            os.replace(tmp, path)
+
+
+class _Checkpoints:
+    """Restores and saves the run's latest and best checkpoints on every worker.
+
+    Every worker takes part in every save, as ``MultiWorkerMirroredStrategy`` requires; the
+    chief writes ``model_dir/ckpt`` and ``model_dir/best`` through
+    ``tf.train.CheckpointManager`` (data files first, then the ``checkpoint`` state file,
+    each through a temporary file and a rename), the other workers write to
+    ``model_dir/.tmp-worker-<i>``, which is removed at once. Every worker restores from the
+    chief's ``ckpt`` directory, so ``model_dir`` must be shared by all of them.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: keras.Model, optimizer, chief: bool, index: int,
+                 progress: _Progress, log: Callable[[str], None]):
+        rng = seed_generator_states(model)
+        self._make = lambda: tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng)
+        self.chief, self.progress, self.log = chief, progress, log
+        self.latest_dir = os.path.join(cfg.model_dir, LATEST_DIR)
+        self.best_dir = os.path.join(cfg.model_dir, BEST_DIR)
+        self.tmp_dir = os.path.join(cfg.model_dir, f".tmp-worker-{index}")
+        self._ckpt, self._best = self._make(), tf.train.Checkpoint(model=model)
+        self._keep = cfg.keep_checkpoints
+        self._managers: Dict[str, tf.train.CheckpointManager] = {}
+
+    def restore(self) -> Optional[str]:
+        """Restores the newest readable checkpoint; the chief sets unreadable ones aside."""
+        if self.chief:
+            for d in (self.latest_dir, self.best_dir):
+                if os.path.isdir(d):
+                    for path in remove_partial_writes(d):
+                        self.log(f"Removed {path}, left by a checkpoint write that was interrupted.")
+        else:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        path, bad = restore_newest(self._make, self.latest_dir, self.log)
+        if self.chief:
+            if bad:
+                with _writing("", self.latest_dir, self.progress.step, path):
+                    set_aside_checkpoints(self.latest_dir, bad, path)
+                self.log(f"Renamed the files of {bad} to *.corrupt.")
+            self._managers = {
+                "latest": tf.train.CheckpointManager(self._ckpt, self.latest_dir, max_to_keep=self._keep),
+                "best": tf.train.CheckpointManager(self._best, self.best_dir, max_to_keep=1),
+            }
+        return path
+
+    def save(self, kind: str, step: int) -> str:
+        """Saves the ``latest`` or ``best`` checkpoint of ``step``; returns the chief's path."""
+        target = os.path.join(self.latest_dir if kind == "latest" else self.best_dir, f"ckpt-{step}")
+        if self.chief:
+            with _writing("checkpoint", target, step, self.progress.last_checkpoint):
+                return self._managers[kind].save(checkpoint_number=step)
+        with _writing("temporary checkpoint", self.tmp_dir, step, self.progress.last_checkpoint):
+            (self._ckpt if kind == "latest" else self._best).write(os.path.join(self.tmp_dir, f"ckpt-{step}"))
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        return target
+
+
+def _check_same_step(strategy: tf.distribute.Strategy, step: int, ckpt_dir: str) -> None:
+    """Multi-worker: every worker must have restored the same checkpoint."""
+    workers = num_workers(strategy)
+    steps = sum_over_workers(strategy, np.eye(workers, dtype=np.int64)[worker_index(strategy)] * step)
+    if len(set(steps.tolist())) > 1:
+        raise ValueError(
+            f"The workers resumed from different steps {steps.tolist()}: every worker must read the "
+            f"chief's checkpoints in {ckpt_dir}, so --model_dir must be one directory on a filesystem "
+            "that all workers share."
+        )
+
+
 def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[str], None] = print,
           strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
     """Trains (or resumes) ``cfg.model`` on ``cfg.data_dir``; writes everything to ``cfg.model_dir``.
+
+    Rerunning after a crash or kill resumes from the newest checkpoint that can be restored
+    (model, optimizer step and slots, hence the learning rate, and the dropout RNG state) and
+    skips the batches already consumed. With ``cfg.deterministic`` it then ends with the
+    weights of an uninterrupted run. Under ``MultiWorkerMirroredStrategy`` every worker runs
+    this function; the chief alone writes checkpoints, summaries and metrics.
 
     Args:
       cfg: validated :class:`TrainConfig`.
       flags_text: the resolved flags, written to ``model_dir/flags.txt``.
       log: progress printer.
-      strategy: a ``tf.distribute.Strategy``; default from ``cfg.strategy``.
+      strategy: a ``tf.distribute.Strategy``; default from ``cfg.strategy`` and ``cfg.cluster``.
 
     Returns:
       A :class:`TrainResult` with the final step, loss, throughput and last eval scores.
 
     Raises:
       ValueError: inconsistent flags and data (num_classes vs manifest, a model_dir that
-        holds a different model, ...).
+        holds a different model, workers that resumed from different steps, ...).
       NonFiniteLossError: the loss became NaN/Inf; the last good checkpoint is kept.
+      ModelDirWriteError: ``model_dir`` is unwritable or too full (found before training),
+        or a write failed (the message names the path and step).
+      CheckpointError: checkpoints exist but none can be restored.
+      WorkerLostError: another worker died, restarted or stopped answering.
     """
     manifest = load_manifest(cfg.data_dir)
     if manifest["num_classes"] != cfg.num_classes:
@@ -223,9 +596,6 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         class_weights = class_weights_from_manifest(manifest, cfg.class_weights)
     else:
         class_weights = list(cfg.class_weights)
-    strategy = strategy or make_strategy(cfg.strategy, cfg.device)
-    chief = is_chief(strategy)
-    spec = get_spec(cfg.model)
     model_config = {
         "model": cfg.model, "num_classes": cfg.num_classes,
         "model_options": {k: v for k, v in cfg.model_options.items() if k != "aux_outputs"},
@@ -233,59 +603,72 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         "dataset": manifest.get("dataset", ""), "data_dir": os.path.abspath(cfg.data_dir),
         "crop_size": list(cfg.crop_size), "train_split": cfg.train_split,
     }
+    _check_writable(cfg.model_dir)  # every worker: the others write temporary checkpoints there
+    strategy = strategy or make_strategy(cfg.strategy, cfg.device, cluster=cfg.cluster,
+                                         port_base=cfg.cluster_port, worker_timeout=cfg.worker_timeout)
+    chief = is_chief(strategy)
     if chief:
-        _check_writable(cfg.model_dir)
-        existing = os.path.join(cfg.model_dir, "model_config.json")
-        if os.path.isfile(existing):
-            old = read_model_config(cfg.model_dir)
-            for key in ("model", "num_classes", "model_options"):
-                if old.get(key) != model_config[key]:
-                    raise ValueError(
-                        f"--model_dir {cfg.model_dir} holds a run with {key}={old.get(key)!r}, not "
-                        f"{model_config[key]!r}. Use a new --model_dir to train a different model."
-                    )
-        write_model_config(cfg.model_dir, model_config)
-        if flags_text is not None:
-            tmp = os.path.join(cfg.model_dir, f"flags.txt.tmp-{os.getpid()}")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(flags_text)
-            os.replace(tmp, os.path.join(cfg.model_dir, "flags.txt"))
-
+        _prepare_model_dir(cfg, model_config, flags_text)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of the {replicas} replicas.")
+    progress = _Progress()
+    workers = num_workers(strategy)
+    watchdog = _Watchdog(cfg.worker_timeout, lambda: str(progress)) if workers > 1 else None
+    try:
+        return _train(cfg, strategy, chief, model_config, class_weights, ignore_label, class_names,
+                      progress, watchdog.arm if watchdog else (lambda what: None), log)
+    except _CLUSTER_ERRORS as e:
+        if workers == 1:
+            raise
+        raise WorkerLostError(
+            f"Lost contact with another worker ({error_line(e)}). {progress}Restart every worker with "
+            "the same command; training resumes from the last checkpoint."
+        ) from e
+    finally:
+        if watchdog:
+            watchdog.close()
+
+
+def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, model_config: Dict[str, Any],
+           class_weights, ignore_label: int, class_names: List[str], progress: _Progress,
+           waiting: Callable[[str], None], log: Callable[[str], None]) -> TrainResult:
+    """The body of :func:`train` once the strategy exists; ``waiting(what)`` restarts the watchdog."""
+    waiting("building the model and restoring the checkpoint")
+    workers, index = num_workers(strategy), worker_index(strategy)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_full_model(model_config)
         optimizer = make_optimizer(cfg)
         optimizer.build(model.trainable_variables)
-    aux_weights = list(spec.aux_weights.values())
+    aux_weights = list(get_spec(cfg.model).aux_weights.values())
     outputs_n = len(model.outputs)
     if outputs_n != 1 + len(aux_weights):
         raise ValueError(f"model {cfg.model} has {outputs_n} outputs but the registry declares {len(aux_weights)} aux weights")
+    _check_free_space(cfg.model_dir, model.variables + optimizer.variables, cfg.keep_checkpoints + 2)
 
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    ckpt_dir = os.path.join(cfg.model_dir, LATEST_DIR)
-    if not chief:  # MultiWorkerMirroredStrategy: every task saves, only the chief's copy is kept
-        ckpt_dir = os.path.join(cfg.model_dir, ".workers", f"task-{strategy.cluster_resolver.task_id}")
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"Resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}.")
+    checkpoints = _Checkpoints(cfg, model, optimizer, chief, index, progress, log)
+    restored = checkpoints.restore()
+    step = progress.step = int(optimizer.iterations.numpy())
+    progress.last_checkpoint = restored
+    if restored:
+        log(f"Resumed from {restored} at step {step}.")
+    if workers > 1:
+        _check_same_step(strategy, step, checkpoints.latest_dir)
 
-    # The input order is a pure function of the seed, so a resumed run skips the batches
-    # already consumed and continues with exactly the data an uninterrupted run would see.
+    # The input order is a pure function of the seed and --data_shards, so a resumed run skips
+    # the batches already consumed and continues with exactly the data an uninterrupted run sees.
     data_cfg = DataConfig(
         data_dir=cfg.data_dir, split=cfg.train_split, batch_size=cfg.batch_size, training=True,
         augment=AugmentConfig(crop_size=tuple(cfg.crop_size), min_scale=cfg.min_scale,
                               max_scale=cfg.max_scale, flip=cfg.flip, photometric=cfg.photometric,
                               ignore_label=ignore_label),
-        seed=cfg.seed, skip_batches=int(optimizer.iterations.numpy()),
+        seed=cfg.seed, skip_batches=step, num_shards=cfg.data_shards,
     )
     dist_ds = strategy.distribute_datasets_from_function(lambda ctx: make_dataset(data_cfg, ctx))
     iterator = iter(dist_ds)
-    best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(cfg.model_dir, BEST_DIR), max_to_keep=1) if chief else None
-
     num_classes = cfg.num_classes
 
     def replica_step(images, labels, weights):
@@ -311,54 +694,68 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         per_replica = strategy.run(replica_step, args=(images, labels, weights))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    train_writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "train")) if chief else tf.summary.create_noop_writer()
-    eval_writer = tf.summary.create_file_writer(os.path.join(cfg.model_dir, "eval")) if chief else tf.summary.create_noop_writer()
+    train_dir, eval_dir = os.path.join(cfg.model_dir, "train"), os.path.join(cfg.model_dir, "eval")
+    with _writing("TensorBoard summaries to", train_dir, step, restored):
+        train_writer = tf.summary.create_file_writer(train_dir) if chief else tf.summary.create_noop_writer()
+        eval_writer = tf.summary.create_file_writer(eval_dir) if chief else tf.summary.create_noop_writer()
+    best_json = os.path.join(cfg.model_dir, BEST_DIR, "best.json")
+    best_iu = [json.load(open(best_json, encoding="utf-8"))["mean_iu"] if os.path.isfile(best_json) else None]
 
     def run_eval(step: int) -> Optional[Dict[str, Any]]:
-        if not cfg.eval_split or not chief:
+        # Every worker evaluates its shard of the split; the confusion matrices are summed.
+        if not cfg.eval_split:
             return None
+        waiting(f"evaluating at step {step}")
+        ctx = tf.distribute.InputContext(workers, index, workers) if workers > 1 else None
         eval_ds = make_dataset(DataConfig(data_dir=cfg.data_dir, split=cfg.eval_split,
-                                          batch_size=cfg.eval_batch_size, training=False))
-        scores = evaluate(model, eval_ds, num_classes, ignore_label)
+                                          batch_size=cfg.eval_batch_size * workers, training=False), ctx)
+        scores = evaluate(model, eval_ds, num_classes, ignore_label, strategy=strategy)
         record = scores_to_json(scores, class_names, step)
-        os.makedirs(os.path.join(cfg.model_dir, "eval"), exist_ok=True)
-        atomic_write_json(os.path.join(cfg.model_dir, "eval", f"metrics-{step:08d}.json"), record)
-        with eval_writer.as_default(step=step):
-            for k in ("mean_iu", "acc", "acc_cls", "fwavacc"):
-                write_scalar(k, scores[k], step)
+        if chief:
+            path = os.path.join(eval_dir, f"metrics-{step:08d}.json")
+            with _writing("metrics", path, step, progress.last_checkpoint):
+                os.makedirs(eval_dir, exist_ok=True)
+                atomic_write_json(path, record)
+                with eval_writer.as_default(step=step):
+                    for k in ("mean_iu", "acc", "acc_cls", "fwavacc"):
+                        write_scalar(k, scores[k], step)
+                eval_writer.flush()
         log(f"eval @ step {step}: mean_iu {scores['mean_iu']:.4f}  acc {scores['acc']:.4f}  "
             f"acc_cls {scores['acc_cls']:.4f}  fwavacc {scores['fwavacc']:.4f}")
-        best = os.path.join(cfg.model_dir, BEST_DIR, "best.json")
-        prev = json.load(open(best, encoding="utf-8"))["mean_iu"] if os.path.isfile(best) else None
-        if prev is None or (scores["mean_iu"] == scores["mean_iu"] and scores["mean_iu"] > prev):
-            best_manager.save(checkpoint_number=step)
-            atomic_write_json(best, {"step": step, "mean_iu": record["mean_iu"], "split": cfg.eval_split})
+        iu = scores["mean_iu"]
+        if best_iu[0] is None or (iu == iu and iu > best_iu[0]):
+            waiting(f"writing the best checkpoint of step {step}")
+            checkpoints.save("best", step)
+            best_iu[0] = record["mean_iu"]
+            if chief:
+                with _writing("", best_json, step, progress.last_checkpoint):
+                    atomic_write_json(best_json, {"step": step, "mean_iu": record["mean_iu"], "split": cfg.eval_split})
         return scores
 
-    step = int(optimizer.iterations.numpy())
     if step >= cfg.train_steps:
-        log(f"{ckpt_dir} is already at step {step} >= --train_steps={cfg.train_steps}; nothing to train.")
+        log(f"{checkpoints.latest_dir} is already at step {step} >= --train_steps={cfg.train_steps}; nothing to train.")
         return TrainResult(step, float("nan"), 0.0, run_eval(step))
-    log(f"Training {cfg.model} on {replicas} replica(s), global batch {cfg.batch_size}, "
+    log(f"Training {cfg.model} on {strategy.num_replicas_in_sync} replica(s)"
+        f"{f' of {workers} workers' if workers > 1 else ''}, global batch {cfg.batch_size}, "
         f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}, steps {step}->{cfg.train_steps}.")
-    last_saved = manager.latest_checkpoint
     t0 = time.time()
     window_start, window_steps = t0, 0
     loss_value = float("nan")
-    ips = 0.0
     eval_scores = None
     first_step = step
     stop_at = min(cfg.train_steps, step + cfg.steps_per_run) if cfg.steps_per_run else cfg.train_steps
     try:
         while step < stop_at:
+            waiting(f"running step {step + 1}")
             loss = train_step(iterator)
             step += 1
+            progress.step = step
             window_steps += 1
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"loss is {loss_value} at step {step}. Last good checkpoint: "
-                    f"{last_saved or 'none (no checkpoint was written yet)'}; it is kept. Lower "
+                    f"{progress.last_checkpoint or 'none (no checkpoint was written yet)'}; it is kept. Lower "
                     "--learning_rate, check --class_weights and the data (python -m data_prep.verify)."
                 )
             if step % cfg.log_every == 0 or step == cfg.train_steps:
@@ -368,19 +765,22 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
                 lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else float(optimizer.learning_rate)
                 log(f"step {step}/{cfg.train_steps}  loss {loss_value:.4f}  lr {lr:.3g}  "
                     f"{ips:.1f} img/s  ETA {_fmt_time(eta)}")
-                with train_writer.as_default(step=step):
-                    write_scalar("loss", loss_value, step)
-                    write_scalar("learning_rate", lr, step)
-                    write_scalar("images_per_second", ips, step)
+                if chief:
+                    with _writing("TensorBoard summaries to", train_dir, step, progress.last_checkpoint):
+                        with train_writer.as_default(step=step):
+                            write_scalar("loss", loss_value, step)
+                            write_scalar("learning_rate", lr, step)
+                            write_scalar("images_per_second", ips, step)
+                        train_writer.flush()
                 window_start, window_steps = now, 0
             if step % cfg.checkpoint_every == 0 or step == stop_at:
-                last_saved = manager.save(checkpoint_number=step)
+                waiting(f"writing the checkpoint of step {step}")
+                progress.last_checkpoint = checkpoints.save("latest", step)
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.train_steps:
                 eval_scores = run_eval(step)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        first = str(e).strip().splitlines()[0][:500]
         raise ValueError(
-            f"Reading {cfg.data_dir} split {cfg.train_split!r} failed at step {step}: {first}\n"
+            f"Reading {cfg.data_dir} split {cfg.train_split!r} failed at step {step}: {error_line(e)[:500]}\n"
             f"A record is corrupt or inconsistent. Find it with `python -m data_prep.verify {cfg.data_dir}`."
         ) from e
     if step < cfg.train_steps:
@@ -390,6 +790,4 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
     total_time = time.time() - t0
     overall_ips = (step - first_step) * cfg.batch_size / max(total_time, 1e-9)
     log(f"Finished at step {step} in {_fmt_time(total_time)} ({overall_ips:.1f} img/s overall).")
-    train_writer.flush()
-    eval_writer.flush()
     return TrainResult(step, loss_value, overall_ips, eval_scores)

@@ -1,14 +1,13 @@
-"""The training loop, resume, CLIs (train / evaluate / predict) and distributed equivalence."""
+"""The training loop, resume and the CLIs (train / evaluate / predict); distributed training
+and fault tolerance are in test_multiworker.py and test_fault_tolerance.py."""
 
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from data_prep.folder import convert_folder
@@ -127,38 +126,3 @@ def test_evaluate_and_predict_refuse_untrained_dir(tmp_path):
         load_trained_model(str(tmp_path))
     r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", "x.png"])
     assert r.returncode == 1 and "not a keras_seg training directory" in r.stderr
-
-
-DIST_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import numpy as np, tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from keras_seg.flags import TrainConfig
-    from keras_seg.training import train
-    from keras_seg.checkpoints import load_trained_model
-    data_dir, out = sys.argv[1], sys.argv[2]
-    res = {}
-    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=f"{out}/{name}",
-                          model_options={"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0},
-                          crop_size=(16, 16), batch_size=4, train_steps=3, learning_rate=0.05, log_every=1,
-                          eval_split="", seed=7, optimizer="sgd")
-        r = train(cfg, strategy=strategy, log=lambda m: None)
-        m, _, _ = load_trained_model(f"{out}/{name}")
-        res[name] = (strategy.num_replicas_in_sync, r.loss, [w.tolist() for w in m.get_weights()])
-    json.dump(res, open(f"{out}/res.json", "w"))
-""")
-
-
-def test_mirrored_two_devices_equals_single_device(data_dir, tmp_path):
-    script = tmp_path / "dist.py"
-    script.write_text(DIST_SCRIPT)
-    r = _run([str(script), data_dir, str(tmp_path)])
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "res.json").read_text())
-    assert res["one"][0] == 1 and res["two"][0] == 2
-    assert res["two"][1] == pytest.approx(res["one"][1], rel=1e-5)
-    for a, b in zip(res["one"][2], res["two"][2]):
-        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from keras_seg.data.augment import AugmentConfig, augment
@@ -32,6 +33,9 @@ class DataConfig:
       shuffle_buffer: examples in the shuffle buffer.
       skip_batches: training only: global batches already consumed (a resumed run skips
         them, before decoding, so it sees exactly the data an uninterrupted run would).
+      num_shards: training only: number of input shards ``S`` (0: one per input pipeline).
+        A multiple of the number of workers; fixing it makes the global batches the same
+        for any number of workers that divides it.
     """
 
     data_dir: str
@@ -42,6 +46,7 @@ class DataConfig:
     seed: int = 0
     shuffle_buffer: int = 256
     skip_batches: int = 0
+    num_shards: int = 0
 
 
 def _to_model_inputs(ex):
@@ -50,57 +55,33 @@ def _to_model_inputs(ex):
     return image, label, ex["weight"][..., 0]
 
 
-def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-    """Builds the dataset of ``(image float32 (B,H,W,3), label int32 (B,H,W), weight float32 (B,H,W))``.
+def shard_seed(seed: int, shard: int) -> int:
+    """Seed of shard ``shard``'s shuffling and augmentation: a pure function of both."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
 
-    Args:
-      cfg: :class:`DataConfig`.
-      input_context: from ``strategy.distribute_datasets_from_function``; shards the files
-        (or the examples, when there are fewer files than input pipelines) and gives the
-        per-replica batch size.
 
-    Raises:
-      ValueError: no manifest, unknown split, missing shards, or a batch size that does not
-        divide over the replicas.
-    """
-    manifest = load_manifest(cfg.data_dir)
-    files = split_files(cfg.data_dir, manifest, cfg.split)
-    with_weights = bool(manifest["splits"][cfg.split].get("has_weights", False))
-    batch = cfg.batch_size
-    pipelines = 1
-    shard_examples = None
-    if input_context is not None:
-        if cfg.batch_size % input_context.num_replicas_in_sync:
-            raise ValueError(
-                f"batch_size={cfg.batch_size} does not divide over "
-                f"{input_context.num_replicas_in_sync} replicas; use a multiple of it."
-            )
-        batch = input_context.get_per_replica_batch_size(cfg.batch_size)
-        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
-        pipelines = n
-        if n > 1:
-            if len(files) >= n:
-                files = files[i::n]
-            else:
-                shard_examples = (n, i)
-
+def _example_stream(cfg: DataConfig, files, with_weights: bool, shard: int, num_shards: int,
+                    skip: int) -> tf.data.Dataset:
+    """Decoded (and, training, augmented) examples of one shard, ``skip`` examples in."""
+    seed = shard_seed(cfg.seed, shard)
+    shard_examples = num_shards > 1 and len(files) < num_shards
+    if num_shards > 1 and not shard_examples:
+        files = files[shard::num_shards]
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cfg.training:
-        ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(len(files), 8)),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    if shard_examples:
-        ds = ds.shard(*shard_examples)
+    if shard_examples:  # fewer files than shards: every shard reads all files, keeps its examples
+        ds = ds.shard(num_shards, shard)
     if cfg.training:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=cfg.seed).batch(2)
-    if cfg.training and cfg.skip_batches:
-        skip = cfg.skip_batches * (cfg.batch_size // pipelines)
-        ds, seeds = ds.skip(skip), seeds.skip(skip)
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)  # one augmentation seed per example
+        ds, seeds = ds.skip(skip), seeds.skip(skip)  # resume: skip before decoding
     ds = ds.map(lambda r: decode_example(r, with_weights), num_parallel_calls=AUTOTUNE, deterministic=True)
     if cfg.training:
         if cfg.augment is None:
@@ -108,13 +89,68 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda ex, s: augment(ex, s, cfg.augment), num_parallel_calls=AUTOTUNE, deterministic=True
         )
-    ds = ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if cfg.training:
-        ds = ds.batch(batch, drop_remainder=True)
-    else:
+    return ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """Builds the dataset of ``(image float32 (B,H,W,3), label int32 (B,H,W), weight float32 (B,H,W))``.
+
+    Every input pipeline (one per worker under ``MultiWorkerMirroredStrategy``) reads only
+    its own shards: the files ``j::S`` of each shard ``j`` it owns, or, when there are fewer
+    files than shards, every ``S``-th example of all files. Of the ``S = cfg.num_shards``
+    shards (default ``n``), pipeline ``i`` of ``n`` owns the ``S/n`` shards from ``i*S/n``
+    on, and each global training batch is ``batch_size / S`` consecutive examples of shard 0,
+    then of shard 1, ... The global batches are therefore a function of ``S`` and the seed
+    alone, whatever the number of workers.
+
+    Args:
+      cfg: :class:`DataConfig`.
+      input_context: from ``strategy.distribute_datasets_from_function``; gives the input
+        pipeline, the number of pipelines and the per-replica batch size.
+
+    Returns:
+      Batches of the per-replica batch size (``cfg.batch_size`` without ``input_context``).
+
+    Raises:
+      ValueError: no manifest, unknown split, missing shards, a batch size that does not
+        divide over the replicas or shards, or ``num_shards`` not a multiple of the pipelines.
+    """
+    manifest = load_manifest(cfg.data_dir)
+    files = split_files(cfg.data_dir, manifest, cfg.split)
+    with_weights = bool(manifest["splits"][cfg.split].get("has_weights", False))
+    batch, pipelines, pipeline = cfg.batch_size, 1, 0
+    if input_context is not None:
+        if cfg.batch_size % input_context.num_replicas_in_sync:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} does not divide over "
+                f"{input_context.num_replicas_in_sync} replicas; use a multiple of it."
+            )
+        batch = input_context.get_per_replica_batch_size(cfg.batch_size)
+        pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if not cfg.training:  # every example exactly once, in any order
+        ds = _example_stream(cfg, files, with_weights, pipeline, pipelines, 0)
         ignore = manifest["ignore_label"]
-        ds = ds.padded_batch(batch, padding_values=(0.0, ignore, 0.0))
-    return ds.prefetch(AUTOTUNE)
+        return ds.padded_batch(batch, padding_values=(0.0, ignore, 0.0)).prefetch(AUTOTUNE)
+
+    shards = cfg.num_shards or pipelines
+    if shards % pipelines or cfg.batch_size % shards:
+        raise ValueError(
+            f"num_shards={shards} must be a multiple of the {pipelines} input pipeline(s) and divide "
+            f"batch_size={cfg.batch_size}. Received: num_shards={cfg.num_shards}"
+        )
+    per_shard = cfg.batch_size // shards
+    own = shards // pipelines
+    streams = [_example_stream(cfg, files, with_weights, j, shards, cfg.skip_batches * per_shard)
+               for j in range(pipeline * own, (pipeline + 1) * own)]
+    if len(streams) == 1:
+        ds = streams[0]
+    else:  # this pipeline's part of each global batch: per_shard examples of each of its shards
+        parts = tuple(s.batch(per_shard, drop_remainder=True) for s in streams)
+        ds = tf.data.Dataset.zip(parts).map(
+            lambda *p: tuple(tf.concat(xs, axis=0) for xs in zip(*p)), num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        ).unbatch()
+    return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def dataset_info(data_dir: str) -> Tuple[dict, int]:
