@@ -69,6 +69,12 @@ class TrainConfig:
                 f"--model_opt keys {unknown} are not options of model {self.model!r}. "
                 f"Accepted: {accepted}"
             )
+        if self.model == "unet" and self.model_options.get("padding") == "valid":
+            raise ValueError(
+                "--model_opt=padding=valid builds the paper's unpadded U-Net, whose logits are a "
+                "centre crop of the input (572 -> 388); the trainer needs logits at the input size. "
+                "Train with padding=same (the default). Received: model_opt padding='valid'"
+            )
         checks = [
             (self.num_classes >= 1, "num_classes", "an int >= 1"),
             (len(self.crop_size) == 2 and min(self.crop_size) >= 1, "crop_size", "H,W with H, W >= 1"),

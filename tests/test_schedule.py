@@ -56,3 +56,8 @@ def test_config_validation_messages():
         "depth": 3, "batch_norm": True, "padding": "valid", "widths": (1, 2)}
     with pytest.raises(ValueError, match="key=value"):
         parse_model_opts(["depth"])
+
+
+def test_valid_unet_is_refused_for_training():
+    with pytest.raises(ValueError, match="padding=same"):
+        _cfg(model_options={"padding": "valid"}).validate()
