@@ -210,6 +210,16 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(datasets, tmp_p
     assert len(os.listdir(f"{mw_dir}/train")) == 1  # the chief's event file only
     assert tf.train.latest_checkpoint(f"{mw_dir}/ckpt").endswith("ckpt-4")
 
+    # A worker that does not see the chief's model_dir (no shared filesystem) is refused.
+    flags.update(train_steps=6, eval_split="")
+    dirs = [mw_dir, str(tmp_path / "not_shared")]
+    with Processes(tmp_path) as procs:
+        workers = [procs.start(train_args(data_dir, dirs[i], **flags), f"u{i}", {"TF_CONFIG": tf_config(ports, i)})
+                   for i in range(2)]
+        for i, w in enumerate(workers):
+            assert procs.wait(w, 240, f"u{i}") == 1, procs.log(f"u{i}")[-3000:]
+            assert "The workers resumed from different steps [4, 0]" in procs.log(f"u{i}")
+
 
 @pytest.mark.slow
 def test_killed_worker_exits_the_job_cleanly_and_a_rerun_resumes(datasets, tmp_path):
