@@ -19,7 +19,8 @@ from keras_seg.checkpoints import load_trained_model
 from keras_seg.data import AugmentConfig, DataConfig, make_dataset
 from keras_seg.data.manifest import load_manifest
 from keras_seg.flags import TrainConfig
-from keras_seg.training import cluster_resolver, train
+from keras_seg.distribute import cluster_resolver
+from keras_seg.training import train
 from tests.cluster_utils import REPO, Processes, free_ports, max_relative_difference, tf_config, train_args, wait_for
 from tests.data.fixtures import make_folder_dataset
 
