@@ -25,8 +25,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]} (flags start with --).")
     from keras_seg import flags as ks_flags  # pylint: disable=import-outside-toplevel
-    from keras_seg.training import (  # pylint: disable=import-outside-toplevel
-        RESTART_EXIT_CODE, NonFiniteLossError, WorkerLostError, train)
+    from keras_seg.distribute import RESTART_EXIT_CODE, WorkerLostError  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import NonFiniteLossError, train  # pylint: disable=import-outside-toplevel
 
     try:
         cfg = ks_flags.config_from_flags(FLAGS)

@@ -19,7 +19,8 @@ from keras_seg.checkpoints import load_trained_model
 from keras_seg.data import AugmentConfig, DataConfig, make_dataset
 from keras_seg.data.manifest import load_manifest
 from keras_seg.flags import TrainConfig
-from keras_seg.training import cluster_resolver, train
+from keras_seg.distribute import cluster_resolver
+from keras_seg.training import train
 from tests.cluster_utils import REPO, Processes, free_ports, max_relative_difference, tf_config, train_args, wait_for
 from tests.data.fixtures import make_folder_dataset
 
@@ -209,6 +210,16 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(datasets, tmp_p
     assert sorted(os.listdir(mw_dir)) == ["best", "ckpt", "eval", "flags.txt", "model_config.json", "train"]
     assert len(os.listdir(f"{mw_dir}/train")) == 1  # the chief's event file only
     assert tf.train.latest_checkpoint(f"{mw_dir}/ckpt").endswith("ckpt-4")
+
+    # A worker that does not see the chief's model_dir (no shared filesystem) is refused.
+    flags.update(train_steps=6, eval_split="")
+    dirs = [mw_dir, str(tmp_path / "not_shared")]
+    with Processes(tmp_path) as procs:
+        workers = [procs.start(train_args(data_dir, dirs[i], **flags), f"u{i}", {"TF_CONFIG": tf_config(ports, i)})
+                   for i in range(2)]
+        for i, w in enumerate(workers):
+            assert procs.wait(w, 240, f"u{i}") == 1, procs.log(f"u{i}")[-3000:]
+            assert "The workers resumed from different steps [4, 0]" in procs.log(f"u{i}")
 
 
 @pytest.mark.slow
