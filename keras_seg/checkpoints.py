@@ -85,7 +85,7 @@ def error_line(e: BaseException) -> str:
     return type(e).__name__
 
 
-def restore_newest(make_checkpoint: Callable[[], tf.train.Checkpoint], directory: str,
+def restore_newest(make_checkpoint: Callable[[str], tf.train.Checkpoint], directory: str,
                    log: Callable[[str], None] = print) -> Tuple[Optional[str], List[str]]:
     """Restores the newest checkpoint of ``directory`` that reads back whole.
 
@@ -96,7 +96,8 @@ def restore_newest(make_checkpoint: Callable[[], tf.train.Checkpoint], directory
     every variable, so nothing of a failed attempt survives.
 
     Args:
-      make_checkpoint: returns a new ``tf.train.Checkpoint`` over the objects to restore.
+      make_checkpoint: given a checkpoint path, returns a new ``tf.train.Checkpoint`` over
+        the objects to restore from it.
       directory: a ``tf.train.CheckpointManager`` directory.
       log: where the warning goes.
 
@@ -114,7 +115,7 @@ def restore_newest(make_checkpoint: Callable[[], tf.train.Checkpoint], directory
     bad: List[Tuple[str, str]] = []
     for path in candidates:
         try:
-            status = make_checkpoint().read(path)
+            status = make_checkpoint(path).read(path)
             status.assert_existing_objects_matched()
             status.expect_partial()  # values without a Python object yet (save_counter) are fine
         # TF reports damage as OpError (DataLoss, NotFound, ...) or, from its reader, IndexError.

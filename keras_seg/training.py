@@ -300,15 +300,24 @@ class _Checkpoints:
 
     def __init__(self, cfg: TrainConfig, model: keras.Model, optimizer, chief: bool, index: int,
                  progress: _Progress, log: Callable[[str], None]):
-        rng = seed_generator_states(model)
-        self._make = lambda: tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng)
+        self._model, self._optimizer = model, optimizer
+        self._rng = seed_generator_states(model)
         self.chief, self.progress, self.log = chief, progress, log
         self.latest_dir = os.path.join(cfg.model_dir, LATEST_DIR)
         self.best_dir = os.path.join(cfg.model_dir, BEST_DIR)
         self.tmp_dir = os.path.join(cfg.model_dir, f".tmp-worker-{index}")
-        self._ckpt, self._best = self._make(), tf.train.Checkpoint(model=model)
+        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=self._rng)
+        self._best = tf.train.Checkpoint(model=model)
         self._keep = cfg.keep_checkpoints
         self._managers: Dict[str, tf.train.CheckpointManager] = {}
+
+    def _for_restore(self, path: str) -> tf.train.Checkpoint:
+        """A fresh checkpoint object for ``path``; without the RNG state if ``path`` predates it."""
+        if self._rng and not any(name.startswith("rng/") for name, _ in tf.train.list_variables(path)):
+            self.log(f"warning: {path} holds no dropout RNG state (written by an older keras_seg); the "
+                     "dropout masks after this resume differ from those of an uninterrupted run.")
+            return tf.train.Checkpoint(model=self._model, optimizer=self._optimizer)
+        return tf.train.Checkpoint(model=self._model, optimizer=self._optimizer, rng=self._rng)
 
     def restore(self) -> Optional[str]:
         """Restores the newest readable checkpoint; the chief sets unreadable ones aside."""
@@ -319,7 +328,7 @@ class _Checkpoints:
                         self.log(f"Removed {path}, left by a checkpoint write that was interrupted.")
         else:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        path, bad = restore_newest(self._make, self.latest_dir, self.log)
+        path, bad = restore_newest(self._for_restore, self.latest_dir, self.log)
         if self.chief:
             if bad:
                 with _writing("", self.latest_dir, self.progress.step, path):

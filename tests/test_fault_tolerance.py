@@ -91,6 +91,19 @@ def test_dropout_rng_state_is_checkpointed(tmp_path):
                                   states["bottleneck_dropout_seed0"].numpy())
 
 
+def test_checkpoint_without_rng_state_still_resumes(data_dir, tmp_path, monkeypatch):
+    # Checkpoints written before they held the dropout RNG state resume, with a warning.
+    model_dir = tmp_path / "old"
+    opts = dict(TINY, dropout=0.5)
+    with monkeypatch.context() as m:
+        m.setattr(training, "seed_generator_states", lambda model: {})
+        train(_cfg(data_dir, model_dir, model_options=opts, steps_per_run=2), log=lambda m: None)
+    logs = []
+    assert train(_cfg(data_dir, model_dir, model_options=opts), log=logs.append).step == 4
+    assert any(m.startswith(f"warning: {model_dir}/ckpt/ckpt-2 holds no dropout RNG state") for m in logs)
+    assert f"Resumed from {model_dir}/ckpt/ckpt-2 at step 2." in logs
+
+
 def test_checkpoint_state_file_is_written_after_complete_data_files(tmp_path, monkeypatch):
     # CheckpointManager.save (what the chief uses) must name a checkpoint in the state file only
     # once its .index and .data files are in place and the temporary ones are gone.
@@ -142,7 +155,7 @@ def test_restore_falls_back_past_a_corrupt_latest_checkpoint(tmp_path, how):
     _damage(str(tmp_path / "ckpt-3"), how)
     a.assign(tf.zeros(4096))
     logs = []
-    path, bad = restore_newest(lambda: tf.train.Checkpoint(a=a, b=b), str(tmp_path), logs.append)
+    path, bad = restore_newest(lambda p: tf.train.Checkpoint(a=a, b=b), str(tmp_path), logs.append)
     assert (path, bad) == (str(tmp_path / "ckpt-2"), [str(tmp_path / "ckpt-3")])
     assert logs and str(tmp_path / "ckpt-3") in logs[0] and str(tmp_path / "ckpt-2") in logs[0]
     np.testing.assert_array_equal(a.numpy(), 2.0)  # nothing of the failed attempt survives
@@ -151,7 +164,7 @@ def test_restore_falls_back_past_a_corrupt_latest_checkpoint(tmp_path, how):
     for step in (1, 2):
         _damage(str(tmp_path / f"ckpt-{step}"), "truncated index")
     with pytest.raises(CheckpointError, match="None of the checkpoints"):
-        restore_newest(lambda: tf.train.Checkpoint(a=a, b=b), str(tmp_path), logs.append)
+        restore_newest(lambda p: tf.train.Checkpoint(a=a, b=b), str(tmp_path), logs.append)
 
 
 def test_resume_skips_partial_writes_and_sets_corrupt_checkpoint_aside(data_dir, tmp_path):
