@@ -674,3 +674,35 @@ class BilinearUpsampling(keras.initializers.Initializer):
 
     def get_config(self):
         return {}
+
+
+def copy_weights_by_name(model: keras.Model, reference: keras.Model, received: str,
+                         missing_hint: str = "", shape_hint: str = "") -> keras.Model:
+    """Copies every weighted layer of ``reference`` into the same-named layer of ``model``.
+
+    How backbones load ``keras.applications`` weight files: layer names match, so weights
+    transfer by name whatever else the segmentation model adds.
+
+    Raises:
+      ValueError: a reference layer is missing from ``model`` or has other weight shapes;
+        the message ends with ``Received: backbone_weights=...``.
+    """
+    for ref_layer in reference.layers:
+        values = ref_layer.get_weights()
+        if not values:
+            continue
+        try:
+            layer = model.get_layer(ref_layer.name)
+        except ValueError as err:
+            raise ValueError(
+                f"Model {model.name!r} has no layer {ref_layer.name!r} of the reference weights"
+                f"{missing_hint}. Received: backbone_weights={received!r}"
+            ) from err
+        shapes = [tuple(v.shape) for v in layer.get_weights()]
+        if shapes != [v.shape for v in values]:
+            raise ValueError(
+                f"Layer {ref_layer.name!r} has weight shapes {shapes}, the reference has "
+                f"{[v.shape for v in values]}{shape_hint}. Received: backbone_weights={received!r}"
+            )
+        layer.set_weights(values)
+    return model

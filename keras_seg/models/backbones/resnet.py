@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 
-from keras_seg.models.blocks import batch_norm
+from keras_seg.models.blocks import batch_norm, copy_weights_by_name
 
 __all__ = [
     "RESNET_ARCHS",
@@ -310,23 +310,4 @@ def load_resnet_weights(model: keras.Model, arch: str, weights) -> keras.Model:
     """
     if weights is None:
         return model
-    ref = _reference_model(arch, weights)
-    for ref_layer in ref.layers:
-        values = ref_layer.get_weights()
-        if not values:
-            continue
-        try:
-            layer = model.get_layer(ref_layer.name)
-        except ValueError as err:
-            raise ValueError(
-                f"Model {model.name!r} has no layer {ref_layer.name!r} of the {arch} weights. "
-                f"Received: backbone_weights={weights!r}"
-            ) from err
-        shapes = [tuple(v.shape) for v in layer.get_weights()]
-        if shapes != [v.shape for v in values]:
-            raise ValueError(
-                f"Layer {ref_layer.name!r} has weight shapes {shapes}, the file has "
-                f"{[v.shape for v in values]}. Received: backbone_weights={weights!r}"
-            )
-        layer.set_weights(values)
-    return model
+    return copy_weights_by_name(model, _reference_model(arch, weights), weights, f" ({arch})")

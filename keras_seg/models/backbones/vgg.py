@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from keras_seg.models.blocks import MaxPoolingWithArgmax2D, batch_norm
+from keras_seg.models.blocks import MaxPoolingWithArgmax2D, batch_norm, copy_weights_by_name
 
 __all__ = [
     "VGG16_BLOCKS",
@@ -229,26 +229,11 @@ def load_vgg16_weights(model: keras.Model, weights: Optional[str]) -> keras.Mode
     """
     if weights is None:
         return model
-    reference = _reference_vgg16(weights)
-    for ref_layer in reference.layers:
-        values = ref_layer.get_weights()
-        if not values:
-            continue
-        try:
-            layer = model.get_layer(ref_layer.name)
-        except ValueError as err:
-            raise ValueError(
-                f"model has no VGG16 layer {ref_layer.name!r}: backbone weights need the full "
-                f"VGG16 blocks {VGG16_BLOCKS}. Received: backbone_weights={weights!r}"
-            ) from err
-        shapes = [tuple(v.shape) for v in layer.get_weights()]
-        if shapes != [v.shape for v in values]:
-            raise ValueError(
-                f"layer {ref_layer.name!r} has weight shapes {shapes}, VGG16 has "
-                f"{[v.shape for v in values]} (VGG16 weights need 3-channel input and the full "
-                f"VGG16 blocks). Received: backbone_weights={weights!r}"
-            )
-        layer.set_weights(values)
+    copy_weights_by_name(
+        model, _reference_vgg16(weights), weights,
+        missing_hint=f": backbone weights need the full VGG16 blocks {VGG16_BLOCKS}",
+        shape_hint=" (VGG16 weights need 3-channel input and the full VGG16 blocks)",
+    )
     return model
 
 
