@@ -706,3 +706,10 @@ def copy_weights_by_name(model: keras.Model, reference: keras.Model, received: s
             )
         layer.set_weights(values)
     return model
+
+
+def check_positive_ints(**values) -> None:
+    """Raises ``ValueError("x must be an int >= 1. Received: x=...")`` for the first bad value."""
+    for arg, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")

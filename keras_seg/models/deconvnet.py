@@ -34,6 +34,7 @@ from keras_seg.models.backbones.vgg import (
     vgg16_features,
 )
 from keras_seg.models.blocks import (
+    check_positive_ints,
     CropLike,
     MaxUnpooling2D,
     PadToMultiple,
@@ -103,9 +104,7 @@ def build_deconvnet(
     """
     check_common_args(num_classes, input_shape, weights)
     blocks = check_vgg_blocks(blocks)
-    for arg, value in (("fc_channels", fc_channels), ("fc_kernel", fc_kernel)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(fc_channels=fc_channels, fc_kernel=fc_kernel)
     check_backbone_weights(backbone_weights, blocks, input_shape)
 
     stride = 2 ** len(blocks)

@@ -17,7 +17,14 @@ import keras
 
 from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
 from keras_seg.models.backbones.vgg import VGG16_BLOCKS, check_backbone_weights, load_vgg16_weights, vgg16_features
-from keras_seg.models.blocks import aspp, check_common_args, load_weights_if_given, logits_layer, resize_logits
+from keras_seg.models.blocks import (
+    aspp,
+    check_common_args,
+    check_positive_ints,
+    load_weights_if_given,
+    logits_layer,
+    resize_logits,
+)
 from keras_seg.registry import register
 
 __all__ = ["build_deeplab_v1", "build_deeplab_v2", "build_deeplab_v3"]
@@ -81,9 +88,7 @@ def build_deeplab_v1(
     if len(tuple(blocks)) < 4:
         raise ValueError(f"blocks needs at least 4 VGG blocks for output stride 8. Received: blocks={blocks!r}")
     check_backbone_weights(backbone_weights, blocks, input_shape)
-    for arg, value in (("fc_filters", fc_filters), ("fc6_rate", fc6_rate)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(fc_filters=fc_filters, fc6_rate=fc6_rate)
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
 

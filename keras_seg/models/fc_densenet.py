@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 import keras
 
 from keras_seg.models.blocks import (
+    check_positive_ints,
     CropLike,
     PadToMultiple,
     batch_norm,
@@ -83,9 +84,7 @@ def build_fc_densenet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    for arg, value in (("first_filters", first_filters), ("growth_rate", growth_rate)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(first_filters=first_filters, growth_rate=growth_rate)
     if isinstance(layers_per_block, int) and not isinstance(layers_per_block, bool):
         layers_per_block = (layers_per_block,) * 6
     blocks = tuple(layers_per_block)

@@ -22,6 +22,7 @@ from typing import Optional
 import keras
 
 from keras_seg.models.blocks import (
+    check_positive_ints,
     CropLike,
     PadToMultiple,
     batch_norm,
@@ -84,9 +85,7 @@ def build_fusionnet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    for arg, value in (("base_width", base_width), ("depth", depth), ("up_kernel_size", up_kernel_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(base_width=base_width, depth=depth, up_kernel_size=up_kernel_size)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = PadToMultiple(2**depth, name="pad")(inputs)

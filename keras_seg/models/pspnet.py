@@ -8,6 +8,7 @@ import keras
 
 from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet_stages
 from keras_seg.models.blocks import (
+    check_positive_ints,
     check_common_args,
     conv_bn_act,
     load_weights_if_given,
@@ -100,9 +101,7 @@ def build_pspnet(
     bins = tuple(bins)
     if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
         raise ValueError(f"bins must be ints >= 1. Received: bins={bins!r}")
-    for arg, value in (("head_filters", head_filters), ("aux_filters", aux_filters)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(head_filters=head_filters, aux_filters=aux_filters)
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
     if not isinstance(aux_outputs, bool):

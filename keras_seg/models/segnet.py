@@ -33,6 +33,7 @@ from keras_seg.models.backbones.vgg import (
     vgg16_features,
 )
 from keras_seg.models.blocks import (
+    check_positive_ints,
     CropLike,
     LocalResponseNorm,
     MaxPoolingWithArgmax2D,
@@ -163,9 +164,7 @@ def build_segnet_basic(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    for arg, value in (("depth", depth), ("filters", filters), ("kernel_size", kernel_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+    check_positive_ints(depth=depth, filters=filters, kernel_size=kernel_size)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = PadToMultiple(2**depth, name="pad")(inputs)
