@@ -254,7 +254,7 @@ def write_saved_model(model, metadata: Dict[str, Any], path: str) -> None:
     atomic_write_json(os.path.join(path, "assets.extra", METADATA_FILE), metadata)
 
 
-def _write_tflite_source(model, size: Tuple[int, int], path: str) -> None:
+def write_tflite_source(model, size: Tuple[int, int], path: str) -> None:
     """The fixed-size, batch-1 SavedModel the TFLite converter reads (frozen, unlike a concrete function)."""
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -270,7 +270,7 @@ def _write_tflite_source(model, size: Tuple[int, int], path: str) -> None:
 
 def convert_tflite(source_dir: str, kind: str,
                    representative: Optional[Callable[[], Any]] = None) -> bytes:
-    """Converts the SavedModel of :func:`_write_tflite_source` to a builtin-ops-only flatbuffer.
+    """Converts the SavedModel of :func:`write_tflite_source` to a builtin-ops-only flatbuffer.
 
     Args:
       source_dir: the fixed-size SavedModel.
@@ -336,7 +336,7 @@ def existing_versions(out: str, model_name: str) -> List[int]:
     return sorted(found)
 
 
-def _dir_size(path: str) -> int:
+def dir_size(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
@@ -428,10 +428,10 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
         if SAVED_MODEL in cfg.formats:
             write_saved_model(model, metadata, stage_serving)
             staged[SAVED_MODEL] = stage_serving
-            log(f"  saved_model   {_dir_size(stage_serving) / 1e6:8.3f} MB  ({time.time() - t0:.1f}s)")
+            log(f"  saved_model   {dir_size(stage_serving) / 1e6:8.3f} MB  ({time.time() - t0:.1f}s)")
         if tflite_kinds:
             source = os.path.join(staging, "tflite_source")
-            _write_tflite_source(model, size, source)
+            write_tflite_source(model, size, source)
             tiles = []
             if "int8" in tflite_kinds:
                 split = cfg.int8_split or config.get("train_split", "train")
@@ -467,7 +467,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
                     predictors[fmt] = lambda im, seg=seg: seg.probabilities(im, cfg.tflite_fit, cfg.tile_overlap)
             report = compare(_keras_predictor(model), predictors, examples, config["num_classes"],
                              int(config["ignore_label"]), config["class_names"])
-            sizes = {fmt: _dir_size(p) / 1e6 for fmt, p in staged.items()}
+            sizes = {fmt: dir_size(p) / 1e6 for fmt, p in staged.items()}
             for fmt in report["formats"]:
                 report["formats"][fmt]["size_mb"] = sizes[fmt]
             report.update({

@@ -52,6 +52,7 @@ class TrainConfig:
     steps_per_run: int = 0
     seed: int = 0
     deterministic: bool = False
+    jit_compile: bool = False
     data_shards: int = 0
     strategy: str = "auto"
     device: Optional[str] = None
@@ -143,6 +144,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps_per_run", 0, "Stop this invocation after N steps (checkpointed); rerun to continue. For time-limited jobs. 0: no limit.")
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of initialisation, shuffling and augmentation.")
     flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): a resumed run ends with the weights of an uninterrupted one. Slower on GPUs.")
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (one replica only: refused under a multi-device strategy). benchmarks/RESULTS.md measures when it helps.")
     flags.DEFINE_integer("data_shards", d["data_shards"].default, "Input shards of the training data (0: one per worker). A multiple of the worker count; fixing it makes the batches independent of the number of workers.")
     flags.DEFINE_enum("strategy", "auto", STRATEGIES, "auto: multi_worker if the cluster (--cluster) has several tasks, else mirrored over all local devices.")
     flags.DEFINE_string("device", None, "With --strategy=one_device: the device, e.g. /cpu:0 or /gpu:1.")
@@ -156,7 +158,7 @@ TRAIN_FLAGS = (
     "crop_size", "batch_size", "eval_batch_size", "train_steps", "optimizer", "learning_rate",
     "momentum", "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale",
     "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
-    "keep_checkpoints", "steps_per_run", "seed", "deterministic", "data_shards", "strategy", "device",
+    "keep_checkpoints", "steps_per_run", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
     "cluster", "cluster_port", "worker_timeout",
 )
 
@@ -214,7 +216,7 @@ def config_from_flags(f) -> TrainConfig:
         max_scale=f.max_scale, flip=f.flip, photometric=f.photometric, eval_every=f.eval_every,
         log_every=f.log_every, checkpoint_every=f.checkpoint_every,
         keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, seed=f.seed,
-        deterministic=f.deterministic, data_shards=f.data_shards, strategy=f.strategy, device=f.device,
+        deterministic=f.deterministic, jit_compile=f.jit_compile, data_shards=f.data_shards, strategy=f.strategy, device=f.device,
         cluster=f.cluster, cluster_port=f.cluster_port, worker_timeout=f.worker_timeout,
     )
     cfg.validate()

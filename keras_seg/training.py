@@ -438,12 +438,82 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
             watchdog.close()
 
 
+def _from_input_pipeline(error: tf.errors.OpError) -> bool:
+    """Whether a training-step error came from reading the data (not from the model or devices)."""
+    return isinstance(error, tf.errors.DataLossError) or "IteratorGetNext" in str(error)
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                    num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
+                    jit_compile: bool = False) -> Callable[[Any], tf.Tensor]:
+    """The training step of :func:`train`: ``step(distributed_iterator) -> global mean loss``.
+
+    Each replica computes the weighted pixel cross-entropy summed over its pixels and divides
+    by the *global* count of valid pixels (an all-reduce), so the update does not depend on
+    how the batch is split. Auxiliary outputs (``outputs[1:]``) add ``aux_weights[i]`` times
+    their loss.
+
+    Args:
+      model: built under ``strategy.scope()``.
+      optimizer: built (``optimizer.build(model.trainable_variables)``) under the same scope.
+      strategy: the distribution strategy.
+      num_classes: number of classes.
+      ignore_label: label value excluded from the loss.
+      class_weights: per-class loss weights or ``None``.
+      aux_weights: loss weight of each auxiliary output.
+      jit_compile: compile the step (forward, backward, all-reduces and update) with XLA.
+    """
+    aux_weights = list(aux_weights)
+
+    def replica_step(images, labels, weights):
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            outs = model(images, training=True)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            total, count = pixel_ce_sums(labels, outs[0], num_classes=num_classes, ignore_label=ignore_label,
+                                         class_weights=class_weights, pixel_weights=weights)
+            global_count = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, count), 1e-12)
+            loss = total / global_count
+            for out, w in zip(outs[1:], aux_weights):
+                aux_total, _ = pixel_ce_sums(labels, out, num_classes=num_classes, ignore_label=ignore_label,
+                                             class_weights=class_weights, pixel_weights=weights)
+                loss = loss + w * aux_total / global_count
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    def step_on_batch(images, labels, weights):
+        per_replica = strategy.run(replica_step, args=(images, labels, weights))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    if jit_compile:
+        # XLA cannot compile the iterator, and a nested jit function cannot hold the
+        # synchronized batch norm's all-reduce, so the whole replicated step is compiled and
+        # the batch is fetched outside it.
+        compiled = tf.function(step_on_batch, jit_compile=True)
+
+        def train_step(it):
+            return compiled(*next(it))
+    else:
+        @tf.function
+        def train_step(it):
+            return step_on_batch(*next(it))
+
+    return train_step
+
+
 def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, model_config: Dict[str, Any],
            class_weights, ignore_label: int, class_names: List[str], progress: _Progress,
            waiting: Callable[[str], None], log: Callable[[str], None]) -> TrainResult:
     """The body of :func:`train` once the strategy exists; ``waiting(what)`` restarts the watchdog."""
     waiting("building the model and restoring the checkpoint")
     workers, index = num_workers(strategy), worker_index(strategy)
+    if cfg.jit_compile and strategy.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"--jit_compile runs the training step as one XLA program on one device, but the strategy has "
+            f"{strategy.num_replicas_in_sync} replicas. Drop --jit_compile, or train on one device "
+            "(--strategy=one_device)."
+        )
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
@@ -479,28 +549,8 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
     iterator = iter(dist_ds)
     num_classes = cfg.num_classes
 
-    def replica_step(images, labels, weights):
-        ctx = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            outs = model(images, training=True)
-            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-            total, count = pixel_ce_sums(labels, outs[0], num_classes=num_classes, ignore_label=ignore_label,
-                                         class_weights=class_weights, pixel_weights=weights)
-            global_count = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, count), 1e-12)
-            loss = total / global_count
-            for out, w in zip(outs[1:], aux_weights):
-                aux_total, _ = pixel_ce_sums(labels, out, num_classes=num_classes, ignore_label=ignore_label,
-                                             class_weights=class_weights, pixel_weights=weights)
-                loss = loss + w * aux_total / global_count
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def train_step(it):
-        images, labels, weights = next(it)
-        per_replica = strategy.run(replica_step, args=(images, labels, weights))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    train_step = make_train_step(model, optimizer, strategy, num_classes, ignore_label,
+                                 class_weights, aux_weights, jit_compile=cfg.jit_compile)
 
     train_dir, eval_dir = os.path.join(cfg.model_dir, "train"), os.path.join(cfg.model_dir, "eval")
     with _writing("TensorBoard summaries to", train_dir, step, restored):
@@ -587,6 +637,8 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.train_steps:
                 eval_scores = run_eval(step)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        if not _from_input_pipeline(e):
+            raise
         raise ValueError(
             f"Reading {cfg.data_dir} split {cfg.train_split!r} failed at step {step}: {error_line(e)[:500]}\n"
             f"A record is corrupt or inconsistent. Find it with `python -m data_prep.verify {cfg.data_dir}`."

@@ -101,15 +101,23 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from keras_seg.checkpoints import load_trained_model
     data_dir, out = sys.argv[1], sys.argv[2]
     res = {}
-    for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=f"{out}/{name}",
+    for name, strategy, jit in (("one", tf.distribute.OneDeviceStrategy("/cpu:0"), False),
+                                ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), False),
+                                ("one_xla", tf.distribute.OneDeviceStrategy("/cpu:0"), True)):
+        cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=f"{out}/{name}", jit_compile=jit,
                           model_options={"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0},
                           crop_size=(16, 16), batch_size=4, train_steps=3, learning_rate=0.05, log_every=1,
                           eval_split="", seed=7, optimizer="sgd")
         r = train(cfg, strategy=strategy, log=lambda m: None)
         m, _, _ = load_trained_model(f"{out}/{name}")
         res[name] = (strategy.num_replicas_in_sync, r.loss, [w.tolist() for w in m.get_weights()])
+    try:  # XLA cannot place one compiled step on several devices: refused before any work
+        train(TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=f"{out}/two_xla", jit_compile=True,
+                          crop_size=(16, 16), batch_size=4, train_steps=3, eval_split=""),
+              strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), log=lambda m: None)
+        res["two_xla"] = "trained"
+    except ValueError as e:
+        res["two_xla"] = str(e)
     json.dump(res, open(f"{out}/res.json", "w"))
 """)
 
@@ -128,6 +136,13 @@ def test_mirrored_two_devices_equals_single_device(datasets, tmp_path):
     err = max_relative_difference([np.array(w) for w in res["one"][2]], [np.array(w) for w in res["two"][2]])
     print(f"MirroredStrategy 2 devices vs 1 device: max relative weight difference {err:.3g}")
     assert err <= 1e-5
+    # --jit_compile: the step under XLA computes the same update on one replica ...
+    assert res["one_xla"][1] == pytest.approx(res["one"][1], rel=1e-4)
+    err = max_relative_difference([np.array(w) for w in res["one"][2]], [np.array(w) for w in res["one_xla"][2]])
+    print(f"XLA vs no XLA, 1 device: max relative weight difference {err:.3g}")
+    assert err <= 1e-4
+    # ... and is refused, with the reason, on several.
+    assert "--jit_compile" in res["two_xla"] and "2 replicas" in res["two_xla"], res["two_xla"]
 
 
 def test_watchdog_kills_a_stuck_process_with_its_message(tmp_path):

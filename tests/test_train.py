@@ -126,3 +126,20 @@ def test_evaluate_and_predict_refuse_untrained_dir(tmp_path):
         load_trained_model(str(tmp_path))
     r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", "x.png"])
     assert r.returncode == 1 and "not a keras_seg training directory" in r.stderr
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_corrupt_record_during_training_names_the_data_and_the_verifier(data_dir, tmp_path, jit_compile):
+    import shutil
+
+    from keras_seg.data.manifest import load_manifest
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    for name in load_manifest(str(bad))["splits"]["train"]["files"]:
+        path = bad / name
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # flip a byte inside a record's payload: its CRC fails
+        path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"(?s)failed at step 0.*python -m data_prep.verify"):
+        train(_cfg(str(bad), tmp_path / "run", jit_compile=jit_compile), log=lambda m: None)
