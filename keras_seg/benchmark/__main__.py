@@ -1,0 +1,234 @@
+r"""Benchmarks every registered model and writes ``benchmarks/RESULTS.md``.
+
+    python -m keras_seg.benchmark                      # all models, 256x256, the full table
+    python -m keras_seg.benchmark --quick              # a smoke run: < 10 min on 2 cores
+    python -m keras_seg.benchmark --models=unet,enet --size=512,512 --train_batch=4
+
+Per model (each in its own process, :mod:`keras_seg.benchmark.model_bench`): parameters,
+forward GFLOPs (TF profiler), inference images/s through ``tf.function``, XLA, the serving
+SavedModel, TFLite fp32 and int8 (LiteRT, XNNPACK), training images/s of our loop, our loop
+with XLA and ``model.fit`` (timed alternately), peak resident memory, and the fraction of
+the machine's ceiling (a large matmul and a large convolution, timed at the start and the
+end of the same run). Then the input pipeline (:mod:`keras_seg.benchmark.pipeline`).
+
+The tables are printed and written into their sections of ``--results``; sections written
+by other commands (``benchmarks/compare_torch.py``) are kept. Models run with random
+weights: speed does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+SECTIONS = ("ceiling", "models", "pipeline")
+#: What --quick runs: the default model and the mobile one, small, few repeats.
+QUICK = {"models": "unet,enet", "size": "128,128", "iters": 2, "rounds": 1, "steps_per_round": 2,
+         "calibration": 2}
+
+flags.DEFINE_list("models", None, "Registered models to measure (default: all; --quick: unet,enet).")
+flags.DEFINE_list("size", ["256", "256"], "Input height,width.")
+flags.DEFINE_integer("num_classes", 21, "Output classes.")
+flags.DEFINE_integer("infer_batch", 1, "Images per inference call (TFLite runs batch 1).")
+flags.DEFINE_integer("train_batch", 2, "Images per training step.")
+flags.DEFINE_bool("tiny", False, "Use each model's tiny test options instead of the paper's.")
+flags.DEFINE_integer("iters", 3, "Timed inference calls per path, after one warm-up call.")
+flags.DEFINE_integer("rounds", 2, "Alternating training rounds (ours, ours + XLA, model.fit).")
+flags.DEFINE_integer("steps_per_round", 2, "Training steps per method per round.")
+flags.DEFINE_integer("calibration", 4, "Random images for the int8 calibration.")
+flags.DEFINE_list("skip", [], "Phases to leave out: flops, xla, saved_model, tflite, train.")
+flags.DEFINE_list("sections", list(SECTIONS), f"Parts to run: {', '.join(SECTIONS)}.")
+flags.DEFINE_bool("quick", False, f"Smoke run in under 10 minutes on 2 cores: {QUICK} unless set explicitly.")
+flags.DEFINE_integer("model_timeout", 3600, "Seconds one model's process may run before it is stopped.")
+flags.DEFINE_string("results", "benchmarks/RESULTS.md", "Markdown file whose sections are (re)written; '' to only print.")
+flags.DEFINE_string("json", None, "Also write every raw result to this JSON file.")
+
+
+def _explicit(name: str) -> bool:
+    return FLAGS[name].present
+
+
+def resolve_options() -> dict:
+    """The effective options, with --quick's defaults where a flag was not given.
+
+    Raises:
+      ValueError: an unknown model, section or phase, or a bad size.
+    """
+    import keras_seg  # pylint: disable=import-outside-toplevel
+
+    opts = {k: FLAGS[k].value for k in ("size", "iters", "rounds", "steps_per_round", "calibration")}
+    models = FLAGS.models
+    if FLAGS.quick:
+        for k, v in QUICK.items():
+            if k == "models":
+                models = models if _explicit("models") else v.split(",")
+            elif not _explicit(k):
+                opts[k] = v.split(",") if k == "size" else v
+    models = list(models or keras_seg.list_models())
+    unknown = sorted(set(models) - set(keras_seg.list_models()))
+    if unknown:
+        raise ValueError(f"--models: unknown {unknown}. Registered: {keras_seg.list_models()}")
+    bad = sorted(set(FLAGS.sections) - set(SECTIONS))
+    if bad:
+        raise ValueError(f"--sections: unknown {bad}; choose from {list(SECTIONS)}")
+    size = opts.pop("size")
+    try:
+        height, width = (int(v) for v in size)
+    except ValueError as e:
+        raise ValueError(f"--size must be two integers H,W. Received: {','.join(size)}") from e
+    if height < 1 or width < 1:
+        raise ValueError(f"--size must be positive. Received: {height},{width}")
+    return {"models": models, "height": height, "width": width, **opts}
+
+
+def _ceiling(log) -> dict:
+    from keras_seg.benchmark.flops import conv_ceiling, matmul_ceiling  # pylint: disable=import-outside-toplevel
+
+    mm, cv = matmul_ceiling(), conv_ceiling()
+    log(f"ceiling: matmul {mm['gflops_per_s']:.1f} GFLOP/s, conv {cv['gflops_per_s']:.1f} GFLOP/s")
+    return {"matmul": mm, "conv": cv}
+
+
+def run_models(opts: dict, workdir: str, log) -> list:
+    """Runs :mod:`keras_seg.benchmark.model_bench` once per model; returns the results in order."""
+    results = []
+    for i, name in enumerate(opts["models"]):
+        spec = {"model": name, "num_classes": FLAGS.num_classes, "height": opts["height"], "width": opts["width"],
+                "infer_batch": FLAGS.infer_batch, "train_batch": FLAGS.train_batch, "tiny": FLAGS.tiny,
+                "iters": opts["iters"], "rounds": opts["rounds"], "steps_per_round": opts["steps_per_round"],
+                "calibration": opts["calibration"], "skip": list(FLAGS.skip),
+                "workdir": os.path.join(workdir, name)}
+        os.makedirs(spec["workdir"], exist_ok=True)
+        out = os.path.join(workdir, f"{name}.json")
+        log(f"[{i + 1}/{len(opts['models'])}] {name} ({opts['height']}x{opts['width']}"
+            f"{', tiny' if FLAGS.tiny else ''})")
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "keras_seg.benchmark.model_bench", json.dumps(spec), out]
+        try:
+            proc = subprocess.run(cmd, timeout=FLAGS.model_timeout, check=False)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        if code == 0 and os.path.isfile(out):
+            result = json.load(open(out, encoding="utf-8"))
+        else:
+            why = (f"stopped after --model_timeout={FLAGS.model_timeout}s" if code == "timeout"
+                   else f"its process exited with status {code} (killed for memory if -9)")
+            result = {"spec": spec, "errors": {}, "fatal": why}
+            log(f"  [{name}] FAILED: {why}")
+        result["wall_s"] = time.time() - t0
+        log(f"  [{name}] done in {result['wall_s']:.0f}s")
+        shutil.rmtree(spec["workdir"], ignore_errors=True)
+        results.append(result)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]} (flags start with --).")
+    from keras_seg.benchmark import report, tables  # pylint: disable=import-outside-toplevel
+    from keras_seg.benchmark.timing import machine_info, usable_cpus  # pylint: disable=import-outside-toplevel
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        opts = resolve_options()
+        if FLAGS.results and os.path.isfile(FLAGS.results):
+            head = open(FLAGS.results, encoding="utf-8").readline().rstrip("\n")
+            if head != report.TITLE:
+                raise ValueError(f"{FLAGS.results} is not a results file (its first line is not {report.TITLE!r}); "
+                                 "pass another --results.")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+    started = time.time()
+    info = machine_info()
+    command = "python -m keras_seg.benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    log(f"keras_seg benchmark on {info['cpu']} ({info['cpus']} CPUs), load {info['load_average']}")
+    sections, raw = {}, {"machine": info, "options": opts}
+    ceiling_start = _ceiling(log) if ("ceiling" in FLAGS.sections or "models" in FLAGS.sections) else None
+    results = []
+    if "models" in FLAGS.sections:
+        workdir = tempfile.mkdtemp(prefix="keras_seg_bench_")
+        try:
+            results = run_models(opts, workdir, log)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raw["models"] = results
+    ceiling_end = _ceiling(log) if ceiling_start is not None and results else None
+    ceiling = 0.0
+    if ceiling_start is not None:
+        runs = [c for c in (ceiling_start, ceiling_end) if c]
+        ceiling = max(c[k]["gflops_per_s"] for c in runs for k in ("matmul", "conv"))
+        raw["ceiling"] = runs
+        rows = []
+        for label, c in zip(("start", "end"), runs):
+            for k in ("matmul", "conv"):
+                rows.append([f"{k} ({label})", c[k]["shape"], f"{c[k]['gflops']:.1f}",
+                             f"{c[k]['median_s'] * 1000:.1f}", f"{c[k]['gflops_per_s']:.1f}"])
+        sections["ceiling"] = "\n".join([
+            "## Machine ceiling", "",
+            "float32, one `tf.function` on all cores; the best rate below is the ceiling the "
+            "'% of ceiling' columns divide by.", "",
+            report.markdown_table(["kernel", "shape", "GFLOP", "ms", "GFLOP/s"], rows, "llrrr"), "",
+            f"Ceiling: **{ceiling:.1f} GFLOP/s**.",
+        ])
+    if results:
+        size = f"{opts['height']}x{opts['width']}"
+        sections["models"] = "\n".join([
+            f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
+            f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
+            f"{FLAGS.num_classes} classes, random weights. Medians of {opts['iters']} inference calls after a "
+            f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
+            f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}). Training % of ceiling counts "
+            f"{tables.TRAIN_FLOPS_FACTOR}x the forward FLOPs; inference % uses the faster of tf.function and XLA. "
+            "`model.fit` is compiled with Keras's defaults (`jit_compile='auto'`, which Keras resolves to no XLA "
+            "on a CPU-only machine).", "",
+            tables.model_tables(results, ceiling), "",
+            "### Speed-up candidates per model (after / before, images/s)", "",
+            tables.speedup_table(results, usable_cpus()),
+        ])
+    if "pipeline" in FLAGS.sections:
+        from keras_seg.benchmark.pipeline import run_pipeline_benchmarks  # pylint: disable=import-outside-toplevel
+
+        workdir = tempfile.mkdtemp(prefix="keras_seg_bench_data_")
+        try:
+            sections.update(run_pipeline_benchmarks(workdir, quick=FLAGS.quick, log=log))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    info["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    info["wall_minutes"] = round((time.time() - started) / 60, 1)
+    sections["header"] = "\n".join([
+        "## Run", "", f"`{command}`", "", report.machine_header(info), "",
+        "Numbers depend on the machine and its load (the load average at the start and the end "
+        "is above); ratios measured alternately in one run are the most robust part.",
+    ])
+    for name in ("header", "ceiling", "models", "pipeline", "pipeline-options"):
+        if name in sections:
+            print("\n" + sections[name] + "\n", flush=True)
+    if FLAGS.json:
+        from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+
+        atomic_write_json(FLAGS.json, raw)
+    if FLAGS.results:
+        report.write_sections(FLAGS.results, sections,
+                              order=("header", "ceiling", "models", "speedups", "pipeline", "pipeline-options",
+                                     "pytorch"))
+        log(f"Wrote {', '.join(sections)} to {FLAGS.results} in {info['wall_minutes']} min.")
+
+
+if __name__ == "__main__":
+    app.run(main)

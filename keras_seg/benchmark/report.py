@@ -1,0 +1,99 @@
+"""Markdown tables and the sections of ``benchmarks/RESULTS.md``.
+
+RESULTS.md is written by several commands (``python -m keras_seg.benchmark``,
+``python benchmarks/compare_torch.py``); each owns named sections delimited by
+``<!-- begin NAME -->`` / ``<!-- end NAME -->`` and rewrites only those, so one run never
+erases another's results. Writes go to a temporary file that is renamed over the original.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+TITLE = "# keras_seg benchmark results"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Optional[str] = None) -> str:
+    """A GitHub markdown table; ``align`` is one character per column, ``l`` or ``r`` (default: l then r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers):
+        raise ValueError(f"align has {len(align)} characters for {len(headers)} columns")
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row {list(row)} has {len(row)} cells for {len(headers)} columns")
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: Optional[float], spec: str = ".2f") -> str:
+    """``value`` formatted, or ``n/a`` for None/NaN."""
+    if value is None or value != value:
+        return "n/a"
+    return format(value, spec)
+
+
+def ratio(a: Optional[float], b: Optional[float], spec: str = ".2f") -> str:
+    """``a / b`` formatted, ``n/a`` when either is missing or ``b`` is 0."""
+    if a is None or b is None or a != a or b != b or b == 0:
+        return "n/a"
+    return format(a / b, spec)
+
+
+def machine_header(info: Mapping[str, Any]) -> str:
+    """A bullet list of the machine facts from :func:`keras_seg.benchmark.timing.machine_info`."""
+    return "\n".join(f"- {k}: {v}" for k, v in info.items())
+
+
+def _markers(name: str):
+    if not re.fullmatch(r"[a-z0-9_-]+", name):
+        raise ValueError(f"section names are lower-case words. Received: {name!r}")
+    return f"<!-- begin {name} -->", f"<!-- end {name} -->"
+
+
+def read_sections(path: str) -> Dict[str, str]:
+    """The sections of an existing results file (``{}`` if there is none)."""
+    if not os.path.isfile(path):
+        return {}
+    text = open(path, encoding="utf-8").read()
+    found = {}
+    for m in re.finditer(r"<!-- begin ([a-z0-9_-]+) -->\n(.*?)\n<!-- end \1 -->", text, flags=re.S):
+        found[m.group(1)] = m.group(2)
+    return found
+
+
+def write_sections(path: str, sections: Mapping[str, str], order: Sequence[str] = ()) -> None:
+    """Replaces (or adds) ``sections`` in the results file at ``path``, keeping the others.
+
+    Sections are written in ``order`` first, then any others in their existing order.
+
+    Raises:
+      ValueError: ``path`` exists but is not a results file (it would be overwritten).
+    """
+    if os.path.isfile(path):
+        head = open(path, encoding="utf-8").readline().rstrip("\n")
+        if head != TITLE:
+            raise ValueError(f"{path} does not start with {TITLE!r}; refusing to overwrite it. "
+                             "Pass another --results path or move the file.")
+    merged = read_sections(path)
+    merged.update(sections)
+    names: List[str] = [n for n in order if n in merged] + [n for n in merged if n not in order]
+    parts = [TITLE, ""]
+    for name in names:
+        begin, end = _markers(name)
+        parts += [begin, merged[name].strip("\n"), end, ""]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".md")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(parts))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
