@@ -1,0 +1,1 @@
+"""Benchmarks of keras_seg, and the PyTorch reference models they compare against."""
