@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 DEMO := .demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow demo bench bench-quick bench-torch clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ demo: $(STAMP)
 		--out=$(DEMO)/predictions_tflite $(DEMO)/shapes_raw/images/val/val_00000.png
 	@echo "Parity of the exported models with Keras ($(DEMO)/export/unet_run_v1/parity.json):"
 	@cat $(DEMO)/export/unet_run_v1/parity.txt
+
+# Benchmarks (benchmarks/RESULTS.md): every model at 256x256 (about an hour on 2 cores), the
+# smoke run (under 10 minutes, writes benchmarks/RESULTS-quick.md), and PyTorch side by side.
+bench: $(STAMP)
+	$(BIN)/python -m keras_seg.benchmark
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m keras_seg.benchmark --quick
+
+bench-torch: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-torch]'
+	$(BIN)/python benchmarks/compare_torch.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

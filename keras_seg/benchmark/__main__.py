@@ -51,7 +51,9 @@ flags.DEFINE_list("skip", [], "Phases to leave out: flops, xla, saved_model, tfl
 flags.DEFINE_list("sections", list(SECTIONS), f"Parts to run: {', '.join(SECTIONS)}.")
 flags.DEFINE_bool("quick", False, f"Smoke run in under 10 minutes on 2 cores: {QUICK} unless set explicitly.")
 flags.DEFINE_integer("model_timeout", 3600, "Seconds one model's process may run before it is stopped.")
-flags.DEFINE_string("results", "benchmarks/RESULTS.md", "Markdown file whose sections are (re)written; '' to only print.")
+flags.DEFINE_string("results", None, "Markdown file whose sections are (re)written; '' to only print. Default: "
+                    "benchmarks/RESULTS.md, or benchmarks/RESULTS-quick.md with --quick, so a smoke run never "
+                    "replaces the full table.")
 flags.DEFINE_string("json", None, "Also write every raw result to this JSON file.")
 
 
@@ -89,7 +91,10 @@ def resolve_options() -> dict:
         raise ValueError(f"--size must be two integers H,W. Received: {','.join(size)}") from e
     if height < 1 or width < 1:
         raise ValueError(f"--size must be positive. Received: {height},{width}")
-    return {"models": models, "height": height, "width": width, **opts}
+    results = FLAGS.results
+    if results is None:
+        results = "benchmarks/RESULTS-quick.md" if FLAGS.quick else "benchmarks/RESULTS.md"
+    return {"models": models, "height": height, "width": width, "results": results, **opts}
 
 
 def _ceiling(log) -> dict:
@@ -145,10 +150,11 @@ def main(argv):
 
     try:
         opts = resolve_options()
-        if FLAGS.results and os.path.isfile(FLAGS.results):
-            head = open(FLAGS.results, encoding="utf-8").readline().rstrip("\n")
+        results_path = opts.pop("results")
+        if results_path and os.path.isfile(results_path):
+            head = open(results_path, encoding="utf-8").readline().rstrip("\n")
             if head != report.TITLE:
-                raise ValueError(f"{FLAGS.results} is not a results file (its first line is not {report.TITLE!r}); "
+                raise ValueError(f"{results_path} is not a results file (its first line is not {report.TITLE!r}); "
                                  "pass another --results.")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -223,11 +229,11 @@ def main(argv):
         from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
 
         atomic_write_json(FLAGS.json, raw)
-    if FLAGS.results:
-        report.write_sections(FLAGS.results, sections,
+    if results_path:
+        report.write_sections(results_path, sections,
                               order=("header", "ceiling", "models", "speedups", "pipeline", "pipeline-options",
                                      "pytorch"))
-        log(f"Wrote {', '.join(sections)} to {FLAGS.results} in {info['wall_minutes']} min.")
+        log(f"Wrote {', '.join(sections)} to {results_path} in {info['wall_minutes']} min.")
 
 
 if __name__ == "__main__":
