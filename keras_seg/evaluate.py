@@ -19,8 +19,11 @@ FLAGS = flags.FLAGS
 
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
-        batch_size: int = 1, out: str = None, log=print):
-    """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON."""
+        batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False):
+    """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
+
+    ``jit_compile`` runs the forward pass under XLA (compiled once per batch shape).
+    """
     from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
@@ -37,7 +40,8 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
         )
     ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False))
     log(f"Evaluating {path} on {data_dir} split {split!r} ...")
-    scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log)
+    scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log,
+                      jit_compile=jit_compile)
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
     record = scores_to_json(scores, manifest["class_names"], step)
     record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir)})
@@ -61,7 +65,8 @@ def main(argv):
     from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
 
     try:
-        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out)
+        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
+            jit_compile=FLAGS.jit_compile)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -74,5 +79,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
     flags.DEFINE_integer("batch_size", 1, "Images per batch (1 evaluates every image at its own size).")
     flags.DEFINE_string("out", None, "JSON output path.")
+    flags.DEFINE_bool("jit_compile", False, "Run the forward pass under XLA (compiled once per image size; "
+                      "benchmarks/RESULTS.md compares it with plain tf.function).")
     flags.mark_flag_as_required("model_dir")
     app.run(main)

@@ -105,7 +105,9 @@ class TFLiteSegmenter:
 
     Args:
       path: the ``.tflite`` file.
-      num_threads: interpreter threads (``None``: LiteRT's default).
+      num_threads: interpreter (XNNPACK) threads; ``None``: every CPU this process may use.
+        LiteRT's own default is one thread; on 2 cores two threads ran the 128x128 U-Net
+        1.6-1.9x faster (benchmarks/RESULTS.md).
       require_sidecar: read the metadata sidecar (class names, palette) and fail without it.
 
     Raises:
@@ -117,6 +119,11 @@ class TFLiteSegmenter:
 
         if not os.path.isfile(path):
             raise ValueError(f"{path}: file not found (pass the .tflite written by keras_seg.export).")
+        if num_threads is None:
+            num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive integer or None. Received: num_threads={num_threads!r}")
+        self.num_threads = num_threads
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
         except (ValueError, RuntimeError) as e:

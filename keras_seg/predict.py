@@ -2,7 +2,7 @@ r"""Predicts segmentation maps for images, with the Keras model or an exported T
 
     python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds IMAGE [IMAGE ...]
     python -m keras_seg.predict --tflite=exported/unet_shapes_v1/unet_shapes_int8.tflite \
-        --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] IMAGE [IMAGE ...]
+        --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] [--tflite_threads=N] IMAGE [IMAGE ...]
 
 For each image writes ``<out>/<stem>_label.png`` (8-bit class ids) and
 ``<out>/<stem>_overlay.png`` (the image blended with the class palette), both at the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -99,7 +99,7 @@ def run(model_dir: str, images: Sequence[str], out_dir: str, checkpoint: str = "
 
 
 def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str = "tile",
-               overlap: float = 0.25, log=print) -> List[str]:
+               overlap: float = 0.25, log=print, num_threads: Optional[int] = None) -> List[str]:
     """Predicts every image with a TFLite export under LiteRT; returns written paths.
 
     Args:
@@ -109,6 +109,7 @@ def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str =
       fit: ``tile`` or ``resize``: how images of another size than the model's are run.
       overlap: tile overlap, as a fraction of the tile side.
       log: progress printer.
+      num_threads: interpreter threads (``None``: every usable CPU).
 
     Raises:
       ValueError: no images, an unreadable image, or a file that is not a keras_seg export.
@@ -117,7 +118,7 @@ def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str =
 
     if not images:
         raise ValueError("no images given: pass image paths after the flags.")
-    segmenter = TFLiteSegmenter(tflite_path)
+    segmenter = TFLiteSegmenter(tflite_path, num_threads=num_threads)
     h, w = segmenter.input_size
     written = []
     for i, path in enumerate(images, 1):
@@ -137,7 +138,8 @@ def main(argv):
         if bool(FLAGS.model_dir) == bool(FLAGS.tflite):
             raise ValueError("pass exactly one of --model_dir (Keras checkpoint) or --tflite (exported model).")
         if FLAGS.tflite:
-            run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap)
+            run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap,
+                       num_threads=FLAGS.tflite_threads)
         else:
             run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint)
     except (ValueError, OSError) as e:
@@ -152,5 +154,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
     flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"],
                       "--tflite: run other image sizes as overlapping tiles at native resolution, or resized.")
+    flags.DEFINE_integer("tflite_threads", None, "--tflite: interpreter threads (default: every usable CPU; LiteRT's own default is 1).", lower_bound=1)
     flags.DEFINE_float("tile_overlap", 0.25, "--tflite tiling: overlap of neighbouring tiles, fraction of the tile side.")
     app.run(main)

@@ -94,22 +94,27 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ignore_label: int,
              log: Optional[Callable[[str], None]] = None,
-             strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, Any]:
+             strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False) -> Dict[str, Any]:
     """Runs ``model`` over ``dataset`` and returns the FCN scores plus the confusion matrix.
 
     The model runs on this process alone, outside ``strategy.run``, so no collective op is
     involved. With a multi-worker ``strategy`` each worker passes its own shard of the data,
     and the confusion matrices are summed over the workers at the end (one collective, so
-    every worker must call this).
+    every worker must call this). ``jit_compile`` runs the forward pass under XLA, which
+    compiles once per distinct batch shape: use it where the images share one size.
     """
     metric = StreamingConfusionMatrixMetric(num_classes, ignore_label)
 
+    def forward(images):
+        out = model(images, training=False)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    if jit_compile:
+        forward = tf.function(forward, jit_compile=True)
+
     @tf.function
     def step(images, labels):
-        out = model(images, training=False)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        metric.update_state(labels, out)
+        metric.update_state(labels, forward(images))
 
     n = 0
     start = time.time()
@@ -567,7 +572,7 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
         ctx = tf.distribute.InputContext(workers, index, workers) if workers > 1 else None
         eval_ds = make_dataset(DataConfig(data_dir=cfg.data_dir, split=cfg.eval_split,
                                           batch_size=cfg.eval_batch_size * workers, training=False), ctx)
-        scores = evaluate(model, eval_ds, num_classes, ignore_label, strategy=strategy)
+        scores = evaluate(model, eval_ds, num_classes, ignore_label, strategy=strategy, jit_compile=cfg.jit_compile)
         record = scores_to_json(scores, class_names, step)
         if chief:
             path = os.path.join(eval_dir, f"metrics-{step:08d}.json")

@@ -165,6 +165,10 @@ def test_tflite_fp32_equals_keras_and_all_kinds_run(exported):
     paths = exported["result"].paths
     fp32 = TFLiteSegmenter(paths["tflite_fp32"])
     assert fp32.input_size == SIZE
+    assert fp32.num_threads == len(os.sched_getaffinity(0))  # all usable CPUs, not LiteRT's 1
+    with pytest.raises(ValueError, match="num_threads must be a positive integer"):
+        TFLiteSegmenter(paths["tflite_fp32"], num_threads=0)
+    np.testing.assert_allclose(TFLiteSegmenter(paths["tflite_fp32"], num_threads=1).run_tile(image), ref, atol=1e-4)
     np.testing.assert_allclose(fp32.run_tile(image), ref, atol=1e-4)
     np.testing.assert_allclose(fp32.probabilities(image), ref, atol=1e-4)  # exact size: one plain run
     out = fp32.runner(image=image[None])

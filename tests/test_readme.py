@@ -23,4 +23,5 @@ def test_make_targets_and_configs_exist():
             assert (REPO / cfg).is_file(), cfg
     assert "make test" in (REPO / ".ci/run").read_text()
     for module in set(re.findall(r"python -m ((?:keras_seg|data_prep)\.\w+)", README)):
-        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), module
+        path = REPO / module.replace(".", "/")
+        assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), module

@@ -143,3 +143,15 @@ def test_corrupt_record_during_training_names_the_data_and_the_verifier(data_dir
         path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"(?s)failed at step 0.*python -m data_prep.verify"):
         train(_cfg(str(bad), tmp_path / "run", jit_compile=jit_compile), log=lambda m: None)
+
+
+def test_evaluate_under_xla_gives_the_same_confusion_matrix(data_dir, tmp_path):
+    from keras_seg.evaluate import run as run_evaluate
+
+    train(_cfg(data_dir, tmp_path / "e", train_steps=2, eval_split=""), log=lambda m: None)
+    plain, _ = run_evaluate(str(tmp_path / "e"), out=str(tmp_path / "plain.json"), log=lambda m: None)
+    xla, _ = run_evaluate(str(tmp_path / "e"), out=str(tmp_path / "xla.json"), log=lambda m: None, jit_compile=True)
+    cm_plain, cm_xla = np.asarray(plain["confusion_matrix"]), np.asarray(xla["confusion_matrix"])
+    assert cm_plain.sum() == cm_xla.sum() == 2 * (20 * 24 - 3)
+    # XLA may round differently; at most one near-tied pixel may change its argmax.
+    assert np.abs(cm_plain - cm_xla).sum() <= 2
