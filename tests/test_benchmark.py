@@ -132,3 +132,15 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path):
     rows = [l for l in sections["models"].splitlines() if l.startswith("| unet |")]
     assert len(rows) == 5  # inference, training, latency, export and speed-up tables
     assert "Failed phases" not in sections["models"]
+
+    # --resume reuses a model measured with the same settings and keeps other sections.
+    report.write_sections(str(results), {"pytorch": "## Torch\nkept"})
+    r = _run(["--models=unet", "--tiny", "--size=32,32", "--iters=1", "--rounds=1", "--steps_per_round=1",
+              "--calibration=1", "--skip=xla", "--sections=ceiling,models", f"--results={results}",
+              f"--json={raw}", "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"unet (32x32, tiny): reusing the result from {raw} (--resume)" in r.stdout
+    again = json.loads(raw.read_text())
+    assert again["models"][0]["train"] == res["train"]
+    assert [c["when"] for c in again["ceiling"]] == ["earlier run, start", "earlier run, end", "start", "end"]
+    assert report.read_sections(str(results))["pytorch"] == "## Torch\nkept"

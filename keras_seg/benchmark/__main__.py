@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,6 +34,7 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 SECTIONS = ("ceiling", "models", "pipeline")
+ORDER = ("header", "ceiling", "models", "pipeline", "pipeline-options", "pytorch")
 #: What --quick runs: the default model and the mobile one, small, few repeats.
 QUICK = {"models": "unet,enet", "size": "128,128", "iters": 2, "rounds": 1, "steps_per_round": 2,
          "calibration": 2}
@@ -54,7 +56,10 @@ flags.DEFINE_integer("model_timeout", 3600, "Seconds one model's process may run
 flags.DEFINE_string("results", None, "Markdown file whose sections are (re)written; '' to only print. Default: "
                     "benchmarks/RESULTS.md, or benchmarks/RESULTS-quick.md with --quick, so a smoke run never "
                     "replaces the full table.")
-flags.DEFINE_string("json", None, "Also write every raw result to this JSON file.")
+flags.DEFINE_string("json", None, "Raw results (every timing), rewritten after each model. Default: --results with "
+                    "a .json suffix.")
+flags.DEFINE_bool("resume", False, "Reuse the models already in --json that were measured with the same settings "
+                  "(an interrupted or partial run continues where it stopped).")
 
 
 def _explicit(name: str) -> bool:
@@ -105,19 +110,36 @@ def _ceiling(log) -> dict:
     return {"matmul": mm, "conv": cv}
 
 
-def run_models(opts: dict, workdir: str, log) -> list:
-    """Runs :mod:`keras_seg.benchmark.model_bench` once per model; returns the results in order."""
+def _spec(name: str, opts: dict, workdir: str) -> dict:
+    return {"model": name, "num_classes": FLAGS.num_classes, "height": opts["height"], "width": opts["width"],
+            "infer_batch": FLAGS.infer_batch, "train_batch": FLAGS.train_batch, "tiny": FLAGS.tiny,
+            "iters": opts["iters"], "rounds": opts["rounds"], "steps_per_round": opts["steps_per_round"],
+            "calibration": opts["calibration"], "skip": list(FLAGS.skip), "workdir": os.path.join(workdir, name)}
+
+
+def _same_settings(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != "workdir"} == {k: v for k, v in b.items() if k != "workdir"}
+
+
+def run_models(opts: dict, workdir: str, log, previous: Optional[dict] = None,
+               after_each: Optional[Callable[[list], None]] = None, source: str = "") -> list:
+    """Runs :mod:`keras_seg.benchmark.model_bench` once per model; returns the results in order.
+
+    ``previous`` maps model names to earlier results; one measured with the same settings is
+    reused instead of measured again. ``after_each(results so far)`` runs after every model.
+    """
     results = []
     for i, name in enumerate(opts["models"]):
-        spec = {"model": name, "num_classes": FLAGS.num_classes, "height": opts["height"], "width": opts["width"],
-                "infer_batch": FLAGS.infer_batch, "train_batch": FLAGS.train_batch, "tiny": FLAGS.tiny,
-                "iters": opts["iters"], "rounds": opts["rounds"], "steps_per_round": opts["steps_per_round"],
-                "calibration": opts["calibration"], "skip": list(FLAGS.skip),
-                "workdir": os.path.join(workdir, name)}
+        spec = _spec(name, opts, workdir)
+        head = f"[{i + 1}/{len(opts['models'])}] {name} ({opts['height']}x{opts['width']}{', tiny' if FLAGS.tiny else ''})"
+        old = (previous or {}).get(name)
+        if old is not None and "fatal" not in old and _same_settings(old.get("spec", {}), spec):
+            log(f"{head}: reusing the result from {source} (--resume)")
+            results.append(old)
+            continue
         os.makedirs(spec["workdir"], exist_ok=True)
         out = os.path.join(workdir, f"{name}.json")
-        log(f"[{i + 1}/{len(opts['models'])}] {name} ({opts['height']}x{opts['width']}"
-            f"{', tiny' if FLAGS.tiny else ''})")
+        log(head)
         t0 = time.time()
         cmd = [sys.executable, "-m", "keras_seg.benchmark.model_bench", json.dumps(spec), out]
         try:
@@ -136,14 +158,76 @@ def run_models(opts: dict, workdir: str, log) -> list:
         log(f"  [{name}] done in {result['wall_s']:.0f}s")
         shutil.rmtree(spec["workdir"], ignore_errors=True)
         results.append(result)
+        if after_each is not None:
+            after_each(results)
     return results
+
+
+def load_previous(path: str) -> dict:
+    """``{"models": {name: result}, "ceiling": [...]}`` from an earlier run's JSON.
+
+    Raises:
+      ValueError: the file is not a results JSON of this command.
+    """
+    try:
+        raw = json.load(open(path, encoding="utf-8"))
+        models = {r["spec"]["model"]: r for r in raw.get("models", [])}
+        ceilings = list(raw.get("ceiling", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--resume: {path} is not a results JSON of keras_seg.benchmark ({e}). "
+                         "Run without --resume, or pass its --json.") from e
+    return {"models": models, "ceiling": ceilings}
+
+
+def ceiling_section(runs: list) -> Tuple[str, float]:
+    """The ceiling table over every ceiling measurement, and the best rate."""
+    from keras_seg.benchmark import report  # pylint: disable=import-outside-toplevel
+
+    ceiling = max(c[k]["gflops_per_s"] for c in runs for k in ("matmul", "conv"))
+    rows = []
+    for c in runs:
+        for k in ("matmul", "conv"):
+            rows.append([f"{k} ({c.get('when', '')})", c[k]["shape"], f"{c[k]['gflops']:.1f}",
+                         f"{c[k]['median_s'] * 1000:.1f}", f"{c[k]['gflops_per_s']:.1f}"])
+    text = "\n".join([
+        "## Machine ceiling", "",
+        "float32, one `tf.function` on all cores, timed at the start and the end of the run; the best "
+        "rate below is the ceiling the '% of ceiling' columns divide by.", "",
+        report.markdown_table(["kernel", "shape", "GFLOP", "ms", "GFLOP/s"], rows, "llrrr"), "",
+        f"Ceiling: **{ceiling:.1f} GFLOP/s**.",
+    ])
+    return text, ceiling
+
+
+def models_section(results: list, opts: dict, ceiling: float) -> str:
+    """The models section: settings, the per-model tables and the speed-up candidates."""
+    from keras_seg.benchmark import tables  # pylint: disable=import-outside-toplevel
+    from keras_seg.benchmark.timing import usable_cpus  # pylint: disable=import-outside-toplevel
+
+    size = f"{opts['height']}x{opts['width']}"
+    missing = [m for m in opts["models"] if m not in {r["spec"]["model"] for r in results}]
+    return "\n".join([
+        f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
+        f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
+        f"{FLAGS.num_classes} classes, random weights. Medians of {opts['iters']} inference calls after a "
+        f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
+        f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}, after one untimed step each). "
+        f"Training % of ceiling counts {tables.TRAIN_FLOPS_FACTOR}x the forward FLOPs; inference % uses the faster "
+        "of tf.function and XLA. `model.fit` is compiled with Keras's defaults (`jit_compile='auto'`, which Keras "
+        "resolves to no XLA on a CPU-only machine).", "",
+        *([f"**Partial:** not yet measured: {', '.join(missing)}. Continue with the same command and "
+           "`--resume`.", ""] if missing else []),
+        tables.model_tables(results, ceiling), "",
+        "### Speed-up candidates per model (after / before, images/s)", "",
+        tables.speedup_table(results, usable_cpus()),
+    ])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]} (flags start with --).")
-    from keras_seg.benchmark import report, tables  # pylint: disable=import-outside-toplevel
-    from keras_seg.benchmark.timing import machine_info, usable_cpus  # pylint: disable=import-outside-toplevel
+    from keras_seg.benchmark import report  # pylint: disable=import-outside-toplevel
+    from keras_seg.benchmark.timing import machine_info  # pylint: disable=import-outside-toplevel
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -164,49 +248,57 @@ def main(argv):
     info = machine_info()
     command = "python -m keras_seg.benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     log(f"keras_seg benchmark on {info['cpu']} ({info['cpus']} CPUs), load {info['load_average']}")
+    json_path = FLAGS.json or (os.path.splitext(results_path)[0] + ".json" if results_path else None)
+    previous = {"models": {}, "ceiling": []}
+    if FLAGS.resume:
+        if not json_path or not os.path.isfile(json_path):
+            print(f"error: --resume needs the earlier run's JSON; {json_path} does not exist.", file=sys.stderr)
+            sys.exit(1)
+        try:
+            previous = load_previous(json_path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
     sections, raw = {}, {"machine": info, "options": opts}
-    ceiling_start = _ceiling(log) if ("ceiling" in FLAGS.sections or "models" in FLAGS.sections) else None
+    ceilings = [c if c.get("when", "").startswith("earlier") else dict(c, when=f"earlier run, {c.get('when', '')}")
+                for c in previous["ceiling"]]
+    if "ceiling" in FLAGS.sections or "models" in FLAGS.sections:
+        ceilings.append(dict(_ceiling(log), when="start"))
+
+    def header() -> str:
+        info["load_average_now"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        info["wall_minutes"] = round((time.time() - started) / 60, 1)
+        return "\n".join([
+            "## Run", "", f"`{command}`", "", report.machine_header(info), "",
+            "Numbers depend on the machine and its load (the load average at the start and at the last "
+            "write is above); ratios measured alternately in one run are the most robust part.",
+        ])
+
+    def write(partial_results: list) -> None:
+        raw["models"], raw["ceiling"] = partial_results, ceilings
+        if json_path:
+            from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+
+            os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+            atomic_write_json(json_path, raw)
+        if ceilings:
+            sections["ceiling"], ceiling = ceiling_section(ceilings)
+            if partial_results:
+                sections["models"] = models_section(partial_results, opts, ceiling)
+        sections["header"] = header()
+        if results_path:
+            report.write_sections(results_path, sections, order=ORDER)
+
     results = []
     if "models" in FLAGS.sections:
         workdir = tempfile.mkdtemp(prefix="keras_seg_bench_")
         try:
-            results = run_models(opts, workdir, log)
+            results = run_models(opts, workdir, log, previous["models"], after_each=write, source=json_path)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        raw["models"] = results
-    ceiling_end = _ceiling(log) if ceiling_start is not None and results else None
-    ceiling = 0.0
-    if ceiling_start is not None:
-        runs = [c for c in (ceiling_start, ceiling_end) if c]
-        ceiling = max(c[k]["gflops_per_s"] for c in runs for k in ("matmul", "conv"))
-        raw["ceiling"] = runs
-        rows = []
-        for label, c in zip(("start", "end"), runs):
-            for k in ("matmul", "conv"):
-                rows.append([f"{k} ({label})", c[k]["shape"], f"{c[k]['gflops']:.1f}",
-                             f"{c[k]['median_s'] * 1000:.1f}", f"{c[k]['gflops_per_s']:.1f}"])
-        sections["ceiling"] = "\n".join([
-            "## Machine ceiling", "",
-            "float32, one `tf.function` on all cores; the best rate below is the ceiling the "
-            "'% of ceiling' columns divide by.", "",
-            report.markdown_table(["kernel", "shape", "GFLOP", "ms", "GFLOP/s"], rows, "llrrr"), "",
-            f"Ceiling: **{ceiling:.1f} GFLOP/s**.",
-        ])
-    if results:
-        size = f"{opts['height']}x{opts['width']}"
-        sections["models"] = "\n".join([
-            f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
-            f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
-            f"{FLAGS.num_classes} classes, random weights. Medians of {opts['iters']} inference calls after a "
-            f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
-            f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}). Training % of ceiling counts "
-            f"{tables.TRAIN_FLOPS_FACTOR}x the forward FLOPs; inference % uses the faster of tf.function and XLA. "
-            "`model.fit` is compiled with Keras's defaults (`jit_compile='auto'`, which Keras resolves to no XLA "
-            "on a CPU-only machine).", "",
-            tables.model_tables(results, ceiling), "",
-            "### Speed-up candidates per model (after / before, images/s)", "",
-            tables.speedup_table(results, usable_cpus()),
-        ])
+    if ceilings and results:
+        ceilings.append(dict(_ceiling(log), when="end"))
+    write(results)
     if "pipeline" in FLAGS.sections:
         from keras_seg.benchmark.pipeline import run_pipeline_benchmarks  # pylint: disable=import-outside-toplevel
 
@@ -215,25 +307,13 @@ def main(argv):
             sections.update(run_pipeline_benchmarks(workdir, quick=FLAGS.quick, log=log))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    info["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    info["wall_minutes"] = round((time.time() - started) / 60, 1)
-    sections["header"] = "\n".join([
-        "## Run", "", f"`{command}`", "", report.machine_header(info), "",
-        "Numbers depend on the machine and its load (the load average at the start and the end "
-        "is above); ratios measured alternately in one run are the most robust part.",
-    ])
-    for name in ("header", "ceiling", "models", "pipeline", "pipeline-options"):
+    write(results)
+    for name in ORDER:
         if name in sections:
             print("\n" + sections[name] + "\n", flush=True)
-    if FLAGS.json:
-        from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
-
-        atomic_write_json(FLAGS.json, raw)
     if results_path:
-        report.write_sections(results_path, sections,
-                              order=("header", "ceiling", "models", "speedups", "pipeline", "pipeline-options",
-                                     "pytorch"))
-        log(f"Wrote {', '.join(sections)} to {results_path} in {info['wall_minutes']} min.")
+        log(f"Wrote {', '.join(sections)} to {results_path} in {info['wall_minutes']} min"
+            f"{f' (raw timings: {json_path})' if json_path else ''}.")
 
 
 if __name__ == "__main__":
