@@ -40,6 +40,17 @@ class Timing:
         return {"times": self.times, "first_s": self.first_s, "median_s": self.median_s}
 
 
+def _warm_up(fn: Callable[[], Any], calls: int) -> Optional[float]:
+    """Calls ``fn`` ``calls`` times; returns the duration of the first call (None if none)."""
+    first = None
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - t0
+    return first
+
+
 def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 1) -> Timing:
     """Calls ``fn`` ``warmup`` times (the first is reported as ``first_s``), then times ``iters`` calls.
 
@@ -48,12 +59,7 @@ def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 1) -> Timing:
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters must be >= 1 and warmup >= 0. Received: iters={iters}, warmup={warmup}")
-    first = None
-    for i in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        if i == 0:
-            first = time.perf_counter() - t0
+    first = _warm_up(fn, warmup)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -71,15 +77,7 @@ def time_alternating(fns: Dict[str, Callable[[], Any]], rounds: int, calls_per_r
     """
     if rounds < 1 or calls_per_round < 1:
         raise ValueError(f"rounds and calls_per_round must be >= 1. Received: {rounds}, {calls_per_round}")
-    out = {}
-    for name, fn in fns.items():
-        first = None
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            fn()
-            if i == 0:
-                first = time.perf_counter() - t0
-        out[name] = Timing([], first)
+    out = {name: Timing([], _warm_up(fn, warmup)) for name, fn in fns.items()}
     for _ in range(rounds):
         for name, fn in fns.items():
             out[name].times.extend(time_calls(fn, iters=calls_per_round, warmup=0).times)
