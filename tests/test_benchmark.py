@@ -135,12 +135,42 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path):
 
     # --resume reuses a model measured with the same settings and keeps other sections.
     report.write_sections(str(results), {"pytorch": "## Torch\nkept"})
+    # Another learning rate measures the same speed, so it does not force a new measurement.
     r = _run(["--models=unet", "--tiny", "--size=32,32", "--iters=1", "--rounds=1", "--steps_per_round=1",
               "--calibration=1", "--skip=xla", "--sections=ceiling,models", f"--results={results}",
-              f"--json={raw}", "--resume"])
+              f"--json={raw}", "--resume", "--learning_rate=0.003"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"unet (32x32, tiny): reusing the result from {raw} (--resume)" in r.stdout
+    assert "SGD momentum 0.9 at learning rate 0.0001." in report.read_sections(str(results))["models"]
     again = json.loads(raw.read_text())
     assert again["models"][0]["train"] == res["train"]
     assert [c["when"] for c in again["ceiling"]] == ["earlier run, start", "earlier run, end", "start", "end"]
     assert report.read_sections(str(results))["pytorch"] == "## Torch\nkept"
+
+
+def test_resume_reuses_only_complete_results_measured_the_same_way():
+    spec = {"model": "unet", "height": 64, "width": 64, "iters": 3, "learning_rate": 1e-4, "workdir": "/a"}
+    done = {"spec": dict(spec, workdir="/b", learning_rate=0.01), "errors": {}, "params": 1}
+    assert report.resume_decision(done, spec) == (True, "")
+    assert report.resume_decision(None, spec) == (False, "")
+    reuse, why = report.resume_decision(dict(done, errors={"ours": "FloatingPointError: loss is nan"}), spec)
+    assert not reuse and why == "the earlier run has failed phases (ours)"
+    reuse, why = report.resume_decision({"spec": spec, "errors": {}, "fatal": "killed"}, spec)
+    assert not reuse and "killed" in why
+    reuse, why = report.resume_decision(dict(done, spec=dict(spec, iters=5)), spec)
+    assert not reuse and why == "the earlier run used other settings"
+
+
+def test_learning_rates_are_listed_per_model_where_they_differ():
+    def result(model, lr):
+        return {"spec": {"model": model, "learning_rate": lr}}
+    assert tables.learning_rates([result("unet", 0.01), result("enet", 0.01)], 1e-4) == "learning rate 0.01"
+    assert tables.learning_rates([{"spec": {"model": "unet"}}], 1e-4) == "learning rate 0.0001"
+    assert (tables.learning_rates([result("unet", 0.01), result("refinenet", 1e-4), result("enet", 0.01)], 1e-4)
+            == "learning rates 0.0001: refinenet; 0.01: unet, enet")
+
+
+def test_bench_spec_refuses_a_bad_learning_rate():
+    for bad in (0, -1e-3, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+            BenchSpec("unet", learning_rate=bad).validate()

@@ -49,6 +49,10 @@ flags.DEFINE_integer("iters", 3, "Timed inference calls per path, after one warm
 flags.DEFINE_integer("rounds", 2, "Alternating training rounds (ours, ours + XLA, model.fit).")
 flags.DEFINE_integer("steps_per_round", 2, "Training steps per method per round.")
 flags.DEFINE_integer("calibration", 4, "Random images for the int8 calibration.")
+flags.DEFINE_float("learning_rate", 1e-4, "SGD (momentum 0.9) learning rate of every training method. Step time "
+                   "does not depend on it while the loss stays finite, so --resume reuses results measured at "
+                   "another rate; 1e-4 keeps every registered model finite from random weights (RefineNet "
+                   "diverges at 5e-4 and 0.01 at 256x256).")
 flags.DEFINE_list("skip", [], "Phases to leave out: flops, xla, saved_model, tflite, train.")
 flags.DEFINE_list("sections", list(SECTIONS), f"Parts to run: {', '.join(SECTIONS)}.")
 flags.DEFINE_bool("quick", False, f"Smoke run in under 10 minutes on 2 cores: {QUICK} unless set explicitly.")
@@ -114,11 +118,8 @@ def _spec(name: str, opts: dict, workdir: str) -> dict:
     return {"model": name, "num_classes": FLAGS.num_classes, "height": opts["height"], "width": opts["width"],
             "infer_batch": FLAGS.infer_batch, "train_batch": FLAGS.train_batch, "tiny": FLAGS.tiny,
             "iters": opts["iters"], "rounds": opts["rounds"], "steps_per_round": opts["steps_per_round"],
-            "calibration": opts["calibration"], "skip": list(FLAGS.skip), "workdir": os.path.join(workdir, name)}
-
-
-def _same_settings(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k != "workdir"} == {k: v for k, v in b.items() if k != "workdir"}
+            "calibration": opts["calibration"], "skip": list(FLAGS.skip),
+            "learning_rate": FLAGS.learning_rate, "workdir": os.path.join(workdir, name)}
 
 
 def run_models(opts: dict, workdir: str, log, previous: Optional[dict] = None,
@@ -128,15 +129,19 @@ def run_models(opts: dict, workdir: str, log, previous: Optional[dict] = None,
     ``previous`` maps model names to earlier results; one measured with the same settings is
     reused instead of measured again. ``after_each(results so far)`` runs after every model.
     """
+    from keras_seg.benchmark.report import resume_decision  # pylint: disable=import-outside-toplevel
+
     results = []
     for i, name in enumerate(opts["models"]):
         spec = _spec(name, opts, workdir)
         head = f"[{i + 1}/{len(opts['models'])}] {name} ({opts['height']}x{opts['width']}{', tiny' if FLAGS.tiny else ''})"
-        old = (previous or {}).get(name)
-        if old is not None and "fatal" not in old and _same_settings(old.get("spec", {}), spec):
+        reuse, why = resume_decision((previous or {}).get(name), spec)
+        if reuse:
             log(f"{head}: reusing the result from {source} (--resume)")
-            results.append(old)
+            results.append((previous or {})[name])
             continue
+        if why:
+            log(f"{head}: measuring again: {why}")
         os.makedirs(spec["workdir"], exist_ok=True)
         out = os.path.join(workdir, f"{name}.json")
         log(head)
@@ -209,7 +214,8 @@ def models_section(results: list, opts: dict, ceiling: float) -> str:
     return "\n".join([
         f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
         f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
-        f"{FLAGS.num_classes} classes, random weights. Medians of {opts['iters']} inference calls after a "
+        f"{FLAGS.num_classes} classes, random weights, SGD momentum 0.9 at {tables.learning_rates(results, FLAGS.learning_rate)}. "
+        f"Medians of {opts['iters']} inference calls after a "
         f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
         f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}, after one untimed step each). "
         f"Training % of ceiling counts {tables.TRAIN_FLOPS_FACTOR}x the forward FLOPs; inference % uses the faster "

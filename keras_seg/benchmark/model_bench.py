@@ -55,6 +55,8 @@ class BenchSpec:
       calibration: random images for the int8 calibration.
       skip: phases to leave out: any of ``flops``, ``xla``, ``saved_model``, ``tflite``,
         ``train``.
+      learning_rate: of the SGD (momentum 0.9) every training method uses. Step time does not
+        depend on it while the loss stays finite; a non-finite loss fails that method.
       workdir: where exports go (removed by the parent).
     """
 
@@ -70,6 +72,7 @@ class BenchSpec:
     steps_per_round: int = 2
     calibration: int = 4
     skip: List[str] = dataclasses.field(default_factory=list)
+    learning_rate: float = 1e-4
     workdir: str = ""
 
     def validate(self) -> None:
@@ -80,6 +83,9 @@ class BenchSpec:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={v!r}")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"learning_rate must be a finite number > 0. Received: learning_rate={lr!r}")
         unknown = sorted(set(self.skip) - set(SKIPPABLE))
         if unknown:
             raise ValueError(f"unknown phases to skip {unknown}; choose from {list(SKIPPABLE)}")
@@ -203,7 +209,7 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
 
     reset_peak_rss()
     with strategy.scope():
-        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+        optimizer = keras.optimizers.SGD(spec.learning_rate, momentum=0.9)
         optimizer.build(model.trainable_variables)
     dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((xb, yb, wb)).repeat())
     iterator = iter(dist)
@@ -231,7 +237,7 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
     def fit_setup():
         keras.utils.set_random_seed(0)
         twin = keras_seg.build_model(name, c, input_shape=(h, w, 3), **options)
-        twin.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=WeightedPixelCrossEntropy(c))
+        twin.compile(optimizer=keras.optimizers.SGD(spec.learning_rate, momentum=0.9), loss=WeightedPixelCrossEntropy(c))
         data = tf.data.Dataset.from_tensors((xb, yb)).repeat()
         timer = FitStepTimer()
         t1 = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 TITLE = "# keras_seg benchmark results"
 
@@ -97,3 +97,29 @@ def write_sections(path: str, sections: Mapping[str, str], order: Sequence[str] 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# Settings that do not change what is measured: where exports go, and the learning rate (step
+# time does not depend on it while the loss stays finite).
+_NOT_COMPARED = ("workdir", "learning_rate")
+
+
+def same_settings(a: dict, b: dict) -> bool:
+    """Whether two model specs measure the same thing (``_NOT_COMPARED`` left out)."""
+    def keep(d):
+        return {k: v for k, v in d.items() if k not in _NOT_COMPARED}
+    return keep(a) == keep(b)
+
+
+def resume_decision(old: Optional[dict], spec: dict) -> Tuple[bool, str]:
+    """Whether --resume reuses ``old`` (an earlier result of the same model) for ``spec``, and
+    why not ('' when there is no earlier result)."""
+    if old is None:
+        return False, ""
+    if "fatal" in old:
+        return False, f"the earlier run failed ({old['fatal']})"
+    if old.get("errors"):
+        return False, f"the earlier run has failed phases ({', '.join(sorted(old['errors']))})"
+    if not same_settings(old.get("spec", {}), spec):
+        return False, "the earlier run used other settings"
+    return True, ""

@@ -131,3 +131,14 @@ def speedup_table(results: Sequence[Mapping[str, Any]], threads: int) -> str:
 def summarize_errors(results: Sequence[Mapping[str, Any]]) -> Dict[str, List[str]]:
     """Model name -> failed phases."""
     return {r["spec"]["model"]: sorted(r.get("errors", {})) for r in results if r.get("errors") and "spec" in r}
+
+
+def learning_rates(results: Sequence[Mapping[str, Any]], default: float) -> str:
+    """'learning rate 0.0001', or the models at each rate where they differ (after --resume);
+    ``default`` where no result records one."""
+    rates = {r["spec"]["model"]: r["spec"].get("learning_rate") for r in results if "spec" in r}
+    distinct = sorted({v for v in rates.values() if v is not None})
+    if len(distinct) <= 1:
+        return f"learning rate {distinct[0] if distinct else default:g}"
+    return "learning rates " + "; ".join(
+        f"{v:g}: {', '.join(m for m, r in rates.items() if r == v)}" for v in distinct)
