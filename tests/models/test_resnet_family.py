@@ -254,6 +254,9 @@ def test_refinenet_refine_path_is_initialised_like_the_released_pytorch_port():
         fan_in = int(np.prod(kernel.shape[:3]))
         assert np.abs(kernel).max() <= 1 / np.sqrt(fan_in)
         assert kernel.var() == pytest.approx(1 / (3 * fan_in), rel=0.05), name
+    # Every layer draws its own values (one shared unseeded Keras initializer repeats them).
+    same_shape = [np.asarray(model.get_layer(f"refine{i}_adapt_rcu1_conv1").kernel) for i in (1, 2, 3)]
+    assert not np.allclose(same_shape[0], same_shape[1]) and not np.allclose(same_shape[1], same_shape[2])
 
 
 @pytest.mark.slow
@@ -275,7 +278,7 @@ def test_refinenet_101_trains_from_random_weights_at_the_released_learning_rate(
     it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
     step = make_train_step(model, optimizer, strategy, 21, 255)
     losses = [float(step(it)) for _ in range(4)]
-    assert all(np.isfinite(losses)) and losses[0] < 50 and losses[-1] < losses[0], losses
+    assert all(np.isfinite(losses)) and losses[0] < 10 and losses[-1] < losses[0], losses
 
 
 @pytest.mark.slow
