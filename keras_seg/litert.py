@@ -106,8 +106,8 @@ class TFLiteSegmenter:
     Args:
       path: the ``.tflite`` file.
       num_threads: interpreter (XNNPACK) threads; ``None``: every CPU this process may use.
-        LiteRT's own default is one thread; on 2 cores two threads ran the 128x128 U-Net
-        1.6-1.9x faster (benchmarks/RESULTS.md).
+        LiteRT's own default is one thread; on 2 cores two threads ran the 19 models at
+        256x256 1.15-1.99x faster (benchmarks/RESULTS.md).
       require_sidecar: read the metadata sidecar (class names, palette) and fail without it.
 
     Raises:
