@@ -70,6 +70,12 @@ def test_results_sections_are_replaced_kept_and_refused(tmp_path):
     assert "new" in text and "old" not in text and "kept" in text
     assert report.read_sections(path) == {"models": "## Models\nnew", "pytorch": "## Torch\nkept"}
     assert [p for p in os.listdir(tmp_path) if p != "RESULTS.md"] == []  # no temporary left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
+    os.chmod(path, 0o640)
+    report.write_sections(path, {"models": "## Models\nagain"})
+    assert os.stat(path).st_mode & 0o777 == 0o640  # an existing file keeps its mode
     other = tmp_path / "notes.md"
     other.write_text("# my notes\n")
     with pytest.raises(ValueError, match="refusing to overwrite"):

@@ -66,6 +66,15 @@ def read_sections(path: str) -> Dict[str, str]:
     return found
 
 
+def _file_mode(path: str) -> int:
+    """The mode of the existing file at ``path``, else what ``open()`` would give under the umask."""
+    if os.path.isfile(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_sections(path: str, sections: Mapping[str, str], order: Sequence[str] = ()) -> None:
     """Replaces (or adds) ``sections`` in the results file at ``path``, keeping the others.
 
@@ -92,6 +101,7 @@ def write_sections(path: str, sections: Mapping[str, str], order: Sequence[str] 
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(parts))
+        os.chmod(tmp, _file_mode(path))  # mkstemp creates 0600; keep a readable results file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
