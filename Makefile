@@ -42,11 +42,11 @@ demo: $(STAMP)
 	@echo "Parity of the exported models with Keras ($(DEMO)/export/unet_run_v1/parity.json):"
 	@cat $(DEMO)/export/unet_run_v1/parity.txt
 
-# Benchmarks (benchmarks/RESULTS.md): every model at 256x256, the settings of the committed
-# table (52 min on 2 AVX-512 cores, 100 min on 2 AVX2 cores), the smoke run (under 10
-# minutes, writes benchmarks/RESULTS-quick.md), and PyTorch side by side.
+# Benchmarks (benchmarks/RESULTS.md): every model at 256x256 (52 min on 2 AVX-512 cores,
+# 100 min on 2 AVX2 cores), the smoke run (under 10 minutes, writes
+# benchmarks/RESULTS-quick.md), and PyTorch side by side.
 bench: $(STAMP)
-	$(BIN)/python -m keras_seg.benchmark --steps_per_round=1
+	$(BIN)/python -m keras_seg.benchmark
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m keras_seg.benchmark --quick

@@ -47,7 +47,7 @@ flags.DEFINE_integer("train_batch", 2, "Images per training step.")
 flags.DEFINE_bool("tiny", False, "Use each model's tiny test options instead of the paper's.")
 flags.DEFINE_integer("iters", 3, "Timed inference calls per path, after one warm-up call.")
 flags.DEFINE_integer("rounds", 2, "Alternating training rounds (ours, ours + XLA, model.fit).")
-flags.DEFINE_integer("steps_per_round", 2, "Training steps per method per round.")
+flags.DEFINE_integer("steps_per_round", 1, "Training steps per method per round (benchmarks/RESULTS.md: 1).")
 flags.DEFINE_integer("calibration", 4, "Random images for the int8 calibration.")
 flags.DEFINE_float("learning_rate", 1e-4, "SGD (momentum 0.9) learning rate of every training method. Step time "
                    "does not depend on it while the loss stays finite, so --resume reuses results measured at "
@@ -214,8 +214,8 @@ def models_section(results: list, opts: dict, ceiling: float) -> str:
     return "\n".join([
         f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
         f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
-        f"{FLAGS.num_classes} classes, random weights, SGD momentum 0.9 at {tables.learning_rates(results, FLAGS.learning_rate)}. "
-        f"Medians of {opts['iters']} inference calls after a "
+        f"{FLAGS.num_classes} classes, random weights, SGD momentum 0.9 at "
+        f"{tables.learning_rates(results, FLAGS.learning_rate)}. Medians of {opts['iters']} inference calls after a "
         f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
         f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}, after one untimed step each). "
         f"Training % of ceiling counts {tables.TRAIN_FLOPS_FACTOR}x the forward FLOPs; inference % uses the faster "

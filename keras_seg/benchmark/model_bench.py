@@ -69,7 +69,7 @@ class BenchSpec:
     tiny: bool = False
     iters: int = 3
     rounds: int = 2
-    steps_per_round: int = 2
+    steps_per_round: int = 1
     calibration: int = 4
     skip: List[str] = dataclasses.field(default_factory=list)
     learning_rate: float = 1e-4
