@@ -124,9 +124,8 @@ def decode_record(raw: bytes, with_weights: bool) -> Record:
     Raises:
       RecordError: a missing feature, an undecodable image or label, or sizes that disagree.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     from keras_seg.data import features as F  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     try:
         ex = tf.io.parse_single_example(raw, F.parse_spec(with_weights))
@@ -178,6 +177,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _iter_raw(path: str) -> Iterator[bytes]:
+    import keras_seg  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import  # allocator first
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     for raw in tf.data.TFRecordDataset(path, buffer_size=1 << 20):
@@ -221,9 +221,8 @@ def verify_dataset(data_dir: str, *, splits: Optional[Sequence[str]] = None,
       A :class:`VerifyReport`; ``report.problems`` names the shard and record index of each
       defect, and ``report.ok`` is True when there are none. Never raises for bad data.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     from keras_seg.data.manifest import ManifestError, load_manifest  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     log = log or (lambda _msg: None)
     report = VerifyReport(data_dir=data_dir, manifest=None, splits={}, problems=[])

@@ -124,9 +124,9 @@ def _check_label(item: Item, loaded: Loaded, info: DatasetInfo) -> None:
 def _write_shard(task) -> Dict[str, Any]:
     """Worker: converts one shard's items into ``tmp_path``; returns stats and errors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
+    # keras_seg first: its import sets up the allocator (keras_seg._alloc) before TensorFlow.
     from keras_seg.data.features import make_example  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     items, load, info, tmp_path = task
     n = info.num_classes

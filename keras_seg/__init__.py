@@ -12,7 +12,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from keras_seg._deps import require_tensorflow as _require_tensorflow
+# Before anything imports TensorFlow: glibc malloc without per-step mmap/munmap (keras_seg._alloc).
+from keras_seg import _alloc
+
+_alloc.configure()
+
+from keras_seg._deps import require_tensorflow as _require_tensorflow  # noqa: E402
 
 _require_tensorflow()
 
