@@ -50,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     steps_per_run: int = 0
+    steps_per_loop: int = 10
     seed: int = 0
     deterministic: bool = False
     jit_compile: bool = False
@@ -94,6 +95,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every", ">= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
             (self.steps_per_run >= 0, "steps_per_run", ">= 0 (0: no limit)"),
+            (self.steps_per_loop >= 1, "steps_per_loop", ">= 1"),
             (self.data_shards >= 0, "data_shards", ">= 0 (0: one per worker)"),
             (self.data_shards == 0 or self.batch_size % self.data_shards == 0, "data_shards",
              f"a divisor of --batch_size={self.batch_size}"),
@@ -142,6 +144,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("checkpoint_every", d["checkpoint_every"].default, "Checkpoint every N steps.")
     flags.DEFINE_integer("keep_checkpoints", d["keep_checkpoints"].default, "Checkpoints kept.")
     flags.DEFINE_integer("steps_per_run", 0, "Stop this invocation after N steps (checkpointed); rerun to continue. For time-limited jobs. 0: no limit.")
+    flags.DEFINE_integer("steps_per_loop", d["steps_per_loop"].default, "Training steps run inside one tf.function call "
+                         "between returns to Python; the loss is checked for NaN/Inf after every step inside the loop, "
+                         "and logging, checkpoints and evaluation still happen at their exact steps (a loop ends there). "
+                         "Larger values remove per-step Python and dispatch costs, which matter for small models.")
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of initialisation, shuffling and augmentation.")
     flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): a resumed run ends with the weights of an uninterrupted one. Slower on GPUs.")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (one replica only: refused under a multi-device strategy). benchmarks/RESULTS.md measures when it helps.")
@@ -158,7 +164,7 @@ TRAIN_FLAGS = (
     "crop_size", "batch_size", "eval_batch_size", "train_steps", "optimizer", "learning_rate",
     "momentum", "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale",
     "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
-    "keep_checkpoints", "steps_per_run", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
+    "keep_checkpoints", "steps_per_run", "steps_per_loop", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
     "cluster", "cluster_port", "worker_timeout",
 )
 
@@ -215,7 +221,7 @@ def config_from_flags(f) -> TrainConfig:
         class_weights=_parse_class_weights(f.class_weights), min_scale=f.min_scale,
         max_scale=f.max_scale, flip=f.flip, photometric=f.photometric, eval_every=f.eval_every,
         log_every=f.log_every, checkpoint_every=f.checkpoint_every,
-        keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, seed=f.seed,
+        keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, steps_per_loop=f.steps_per_loop, seed=f.seed,
         deterministic=f.deterministic, jit_compile=f.jit_compile, data_shards=f.data_shards, strategy=f.strategy, device=f.device,
         cluster=f.cluster, cluster_port=f.cluster_port, worker_timeout=f.worker_timeout,
     )

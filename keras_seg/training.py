@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -370,7 +370,8 @@ def _check_same_step(strategy: tf.distribute.Strategy, step: int, ckpt_dir: str)
 
 
 def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[str], None] = print,
-          strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
+          strategy: Optional[tf.distribute.Strategy] = None,
+          on_progress: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Trains (or resumes) ``cfg.model`` on ``cfg.data_dir``; writes everything to ``cfg.model_dir``.
 
     Rerunning after a crash or kill resumes from the newest checkpoint that can be restored
@@ -384,6 +385,8 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
       flags_text: the resolved flags, written to ``model_dir/flags.txt``.
       log: progress printer.
       strategy: a ``tf.distribute.Strategy``; default from ``cfg.strategy`` and ``cfg.cluster``.
+      on_progress: called with the step after each progress line (every ``cfg.log_every``
+        steps), e.g. to sample time and CPU usage per window.
 
     Returns:
       A :class:`TrainResult` with the final step, loss, throughput and last eval scores.
@@ -430,7 +433,7 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
     watchdog = Watchdog(cfg.worker_timeout, lambda: str(progress)) if workers > 1 else None
     try:
         return _train(cfg, strategy, chief, model_config, class_weights, ignore_label, class_names,
-                      progress, watchdog.arm if watchdog else (lambda what: None), log)
+                      progress, watchdog.arm if watchdog else (lambda what: None), log, on_progress)
     except CLUSTER_ERRORS as e:
         if workers == 1:
             raise
@@ -448,26 +451,9 @@ def _from_input_pipeline(error: tf.errors.OpError) -> bool:
     return isinstance(error, tf.errors.DataLossError) or "IteratorGetNext" in str(error)
 
 
-def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-                    num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
-                    jit_compile: bool = False) -> Callable[[Any], tf.Tensor]:
-    """The training step of :func:`train`: ``step(distributed_iterator) -> global mean loss``.
-
-    Each replica computes the weighted pixel cross-entropy summed over its pixels and divides
-    by the *global* count of valid pixels (an all-reduce), so the update does not depend on
-    how the batch is split. Auxiliary outputs (``outputs[1:]``) add ``aux_weights[i]`` times
-    their loss.
-
-    Args:
-      model: built under ``strategy.scope()``.
-      optimizer: built (``optimizer.build(model.trainable_variables)``) under the same scope.
-      strategy: the distribution strategy.
-      num_classes: number of classes.
-      ignore_label: label value excluded from the loss.
-      class_weights: per-class loss weights or ``None``.
-      aux_weights: loss weight of each auxiliary output.
-      jit_compile: compile the step (forward, backward, all-reduces and update) with XLA.
-    """
+def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                        num_classes: int, ignore_label: int, class_weights, aux_weights) -> Callable[..., tf.Tensor]:
+    """``step_on_batch(images, labels, weights) -> global mean loss``: one replicated update."""
     aux_weights = list(aux_weights)
 
     def replica_step(images, labels, weights):
@@ -491,6 +477,32 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
         per_replica = strategy.run(replica_step, args=(images, labels, weights))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    return step_on_batch
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                    num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
+                    jit_compile: bool = False) -> Callable[[Any], tf.Tensor]:
+    """One training step: ``step(distributed_iterator) -> global mean loss``.
+
+    Each replica computes the weighted pixel cross-entropy summed over its pixels and divides
+    by the *global* sum of the pixel weights (an all-reduce; with no class or pixel weights,
+    the count of valid pixels), so the update does not depend on how the batch is split.
+    Auxiliary outputs (``outputs[1:]``) add ``aux_weights[i]`` times their loss.
+    :func:`make_train_loop` runs several of these steps per call.
+
+    Args:
+      model: built under ``strategy.scope()``.
+      optimizer: built (``optimizer.build(model.trainable_variables)``) under the same scope.
+      strategy: the distribution strategy.
+      num_classes: number of classes.
+      ignore_label: label value excluded from the loss.
+      class_weights: per-class loss weights or ``None``.
+      aux_weights: loss weight of each auxiliary output.
+      jit_compile: compile the step (forward, backward, all-reduces and update) with XLA.
+    """
+    step_on_batch = _make_step_on_batch(model, optimizer, strategy, num_classes, ignore_label, class_weights,
+                                        aux_weights)
     if jit_compile:
         # XLA cannot compile the iterator, and a nested jit function cannot hold the
         # synchronized batch norm's all-reduce, so the whole replicated step is compiled and
@@ -507,9 +519,50 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
     return train_step
 
 
+def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                    num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
+                    jit_compile: bool = False) -> Callable[[Any, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]:
+    """Several training steps in one ``tf.function``: ``loop(iterator, n) -> (loss, steps_run)``.
+
+    Runs the step of :func:`make_train_step` up to ``n`` times (``n`` an int32 scalar tensor,
+    so a new ``n`` does not retrace) with no round trip to Python between steps, and stops
+    right after the first step whose loss is not finite. ``loss`` is that of the last step
+    run, ``steps_run`` how many ran. Same arguments as :func:`make_train_step`.
+    """
+    step_on_batch = _make_step_on_batch(model, optimizer, strategy, num_classes, ignore_label, class_weights,
+                                        aux_weights)
+    # Under XLA only the replicated step is compiled; the loop and the iterator stay outside it.
+    run_batch = tf.function(step_on_batch, jit_compile=True) if jit_compile else step_on_batch
+
+    @tf.function
+    def train_loop(it, n):
+        loss = tf.constant(0.0, tf.float32)
+        done = tf.constant(0, tf.int32)
+        for _ in tf.range(n):
+            loss = tf.cast(run_batch(*next(it)), tf.float32)
+            done += 1
+            if not tf.math.is_finite(loss):
+                break
+        return loss, done
+
+    return train_loop
+
+
+def steps_until_boundary(step: int, limit: int, steps_per_loop: int, *periods: int) -> int:
+    """How many steps the next loop runs from ``step``: at most ``steps_per_loop``, never past
+    ``limit``, and ending on the next multiple of each non-zero period (logging, checkpoints,
+    evaluation), so every event happens at exactly the step it would with one step per loop."""
+    n = min(steps_per_loop, limit - step)
+    for period in periods:
+        if period:
+            n = min(n, period - step % period)
+    return max(n, 1)
+
+
 def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, model_config: Dict[str, Any],
            class_weights, ignore_label: int, class_names: List[str], progress: _Progress,
-           waiting: Callable[[str], None], log: Callable[[str], None]) -> TrainResult:
+           waiting: Callable[[str], None], log: Callable[[str], None],
+           on_progress: Optional[Callable[[int], None]] = None) -> TrainResult:
     """The body of :func:`train` once the strategy exists; ``waiting(what)`` restarts the watchdog."""
     waiting("building the model and restoring the checkpoint")
     workers, index = num_workers(strategy), worker_index(strategy)
@@ -554,7 +607,7 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
     iterator = iter(dist_ds)
     num_classes = cfg.num_classes
 
-    train_step = make_train_step(model, optimizer, strategy, num_classes, ignore_label,
+    train_loop = make_train_loop(model, optimizer, strategy, num_classes, ignore_label,
                                  class_weights, aux_weights, jit_compile=cfg.jit_compile)
 
     train_dir, eval_dir = os.path.join(cfg.model_dir, "train"), os.path.join(cfg.model_dir, "eval")
@@ -609,11 +662,14 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
     stop_at = min(cfg.train_steps, step + cfg.steps_per_run) if cfg.steps_per_run else cfg.train_steps
     try:
         while step < stop_at:
-            waiting(f"running step {step + 1}")
-            loss = train_step(iterator)
-            step += 1
+            n = steps_until_boundary(step, stop_at, cfg.steps_per_loop, cfg.log_every, cfg.checkpoint_every,
+                                     cfg.eval_every)
+            waiting(f"running steps {step + 1}-{step + n}")
+            loss, done = train_loop(iterator, tf.constant(n, tf.int32))
+            done = int(done)
+            step += done
             progress.step = step
-            window_steps += 1
+            window_steps += done
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
@@ -636,6 +692,8 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
                             write_scalar("images_per_second", ips, step)
                         train_writer.flush()
                 window_start, window_steps = now, 0
+                if on_progress:
+                    on_progress(step)
             if step % cfg.checkpoint_every == 0 or step == stop_at:
                 waiting(f"writing the checkpoint of step {step}")
                 progress.last_checkpoint = checkpoints.save("latest", step)

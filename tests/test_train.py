@@ -155,3 +155,35 @@ def test_evaluate_under_xla_gives_the_same_confusion_matrix(data_dir, tmp_path):
     assert cm_plain.sum() == cm_xla.sum() == 2 * (20 * 24 - 3)
     # XLA may round differently; at most one near-tied pixel may change its argmax.
     assert np.abs(cm_plain - cm_xla).sum() <= 2
+
+
+def test_steps_per_loop_trains_exactly_like_one_step_per_call(data_dir, tmp_path):
+    """7 steps per tf.function call vs 1: same weights, and logs/checkpoints/evals at the same steps."""
+    runs = {}
+    for spl in (1, 7):
+        logs = []
+        progress = []
+        cfg = _cfg(data_dir, tmp_path / f"spl{spl}", train_steps=10, log_every=3, checkpoint_every=4, eval_every=5,
+                   steps_per_loop=spl, deterministic=True)
+        res = train(cfg, log=logs.append, on_progress=progress.append)
+        assert res.step == 10
+        runs[spl] = load_trained_model(str(tmp_path / f"spl{spl}"))[0].get_weights()
+        assert progress == [3, 6, 9, 10]
+        assert [l.split()[1] for l in logs if l.startswith("step ")] == ["3/10", "6/10", "9/10", "10/10"]
+        assert sorted(f for f in os.listdir(tmp_path / f"spl{spl}/eval") if f.startswith("metrics")) == ["metrics-00000005.json", "metrics-00000010.json"]
+        ckpts = {f.split(".")[0] for f in os.listdir(tmp_path / f"spl{spl}/ckpt") if f.startswith("ckpt-")}
+        assert ckpts == {"ckpt-4", "ckpt-8", "ckpt-10"}
+    assert len(runs[1]) == len(runs[7])
+    for a, b in zip(runs[1], runs[7]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_steps_until_boundary():
+    from keras_seg.training import steps_until_boundary
+
+    assert steps_until_boundary(0, 100, 10, 50, 500, 0) == 10
+    assert steps_until_boundary(45, 100, 10, 50, 500, 0) == 5  # log at 50
+    assert steps_until_boundary(95, 97, 10, 50, 500, 0) == 2  # stop at 97
+    assert steps_until_boundary(0, 100, 10, 3, 4, 5) == 3
+    assert steps_until_boundary(3, 100, 10, 3, 4, 5) == 1  # checkpoint at 4
+    assert steps_until_boundary(0, 100, 1, 50, 500, 0) == 1
