@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-SECTIONS = ("ceiling", "models", "pipeline")
-ORDER = ("header", "decisions", "ceiling", "models", "pipeline", "pipeline-options", "pytorch")
+SECTIONS = ("ceiling", "models", "realsize", "pipeline")
+ORDER = ("header", "decisions", "ceiling", "models", "realsize", "pipeline", "pipeline-options", "pytorch")
 #: What --quick runs: the default model and the mobile one, small, few repeats.
 QUICK = {"models": "unet,enet", "size": "128,128", "iters": 2, "rounds": 1, "steps_per_round": 2,
          "calibration": 2}
@@ -56,6 +56,7 @@ flags.DEFINE_float("learning_rate", 1e-4, "SGD (momentum 0.9) learning rate of e
 flags.DEFINE_list("skip", [], "Phases to leave out: flops, xla, saved_model, tflite, train.")
 flags.DEFINE_list("sections", list(SECTIONS), f"Parts to run: {', '.join(SECTIONS)}.")
 flags.DEFINE_bool("quick", False, f"Smoke run in under 10 minutes on 2 cores: {QUICK} unless set explicitly.")
+flags.DEFINE_integer("realsize_rounds", 1, "Rounds of the realsize section (each config before/after, alternating).")
 flags.DEFINE_integer("model_timeout", 3600, "Seconds one model's process may run before it is stopped.")
 flags.DEFINE_string("results", None, "Markdown file whose sections are (re)written; '' to only print. Default: "
                     "benchmarks/RESULTS.md, or benchmarks/RESULTS-quick.md with --quick, so a smoke run never "
@@ -90,6 +91,8 @@ def resolve_options() -> dict:
     unknown = sorted(set(models) - set(keras_seg.list_models()))
     if unknown:
         raise ValueError(f"--models: unknown {unknown}. Registered: {keras_seg.list_models()}")
+    if FLAGS.realsize_rounds < 1:
+        raise ValueError(f"--realsize_rounds must be >= 1. Received: {FLAGS.realsize_rounds}")
     bad = sorted(set(FLAGS.sections) - set(SECTIONS))
     if bad:
         raise ValueError(f"--sections: unknown {bad}; choose from {list(SECTIONS)}")
@@ -305,6 +308,17 @@ def main(argv):
     if ceilings and results:
         ceilings.append(dict(_ceiling(log), when="end"))
     write(results)
+    if "realsize" in FLAGS.sections:
+        from keras_seg.benchmark import realsize  # pylint: disable=import-outside-toplevel
+
+        workdir = tempfile.mkdtemp(prefix="keras_seg_bench_realsize_")
+        try:
+            cases = [c for c in realsize.CASES if c.dataset == "shapes"] if FLAGS.quick else realsize.CASES
+            raw["realsize"] = realsize.run_realsize(workdir, log, rounds=FLAGS.realsize_rounds, cases=cases)
+            sections["realsize"] = realsize.realsize_section(raw["realsize"])
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        write(results)
     if "pipeline" in FLAGS.sections:
         from keras_seg.benchmark.pipeline import run_pipeline_benchmarks  # pylint: disable=import-outside-toplevel
 
