@@ -20,6 +20,7 @@ __all__ = [
     "check_common_args",
     "conv_bn_act",
     "batch_norm",
+    "BatchNorm",
     "AdaptiveAvgPool2D",
     "pyramid_pool",
     "aspp",
@@ -79,16 +80,60 @@ def load_weights_if_given(model: keras.Model, weights: Optional[str]) -> keras.M
     return model
 
 
+@keras.saving.register_keras_serializable(package=_PKG)
+class BatchNorm(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` whose training step runs TensorFlow's fused kernel.
+
+    Keras 3 normalises with separate reductions and element-wise ops (``ops.moments`` and
+    ``ops.batch_normalization``): on a CPU at CamVid size that was about half of ENet's
+    training step (issue 13). In training on one replica (or unsynchronized), this layer
+    computes the same thing with one ``FusedBatchNormV3`` op (oneDNN's kernel on CPUs) and
+    its fused gradient. The moving statistics get Keras's update with the biased batch
+    variance, as the parent does. Everything else (inference, several synchronized
+    replicas, masks, renorm, other axes or ranks) is the parent's code. Weights, names and
+    config are the parent's, so checkpoints and weight files load either way.
+    """
+
+    def _fused_applies(self, inputs, training, mask) -> bool:
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return False
+        if len(inputs.shape) != 4 or self.axis not in (3, -1):
+            return False
+        if self.synchronized:
+            ctx = tf.distribute.get_replica_context()
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                return False  # the parent all-reduces the moments across replicas
+        return True
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused_applies(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # as the parent: statistics in float32 under mixed precision
+        channels = x.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        y, mean, unbiased_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=scale, offset=offset, mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
+            epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+        # The kernel returns Bessel's unbiased variance; Keras updates with the biased one.
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        variance = unbiased_var * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1.0 - momentum))
+        self.moving_variance.assign(
+            self.moving_variance * momentum + tf.cast(variance, self.moving_variance.dtype) * (1.0 - momentum))
+        return tf.cast(y, self.compute_dtype)
+
+
 def batch_norm(name: str, momentum: float = 0.9, epsilon: float = 1e-3) -> keras.layers.Layer:
-    """BatchNormalization that uses the global batch statistics across replicas.
+    """Batch normalization that uses the global batch statistics across replicas.
 
     Momentum 0.9 (PyTorch's 0.1) lets the moving statistics settle within short runs.
     ``synchronized=True`` makes multi-replica training compute the same statistics as
-    single-device training on the same global batch; on one device it is plain batch norm.
+    single-device training on the same global batch; on one device it is plain batch norm,
+    run as one fused kernel (:class:`BatchNorm`).
     """
-    return keras.layers.BatchNormalization(
-        momentum=momentum, epsilon=epsilon, synchronized=True, name=name
-    )
+    return BatchNorm(momentum=momentum, epsilon=epsilon, synchronized=True, name=name)
 
 
 def conv_bn_act(
