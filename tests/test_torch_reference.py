@@ -1,5 +1,7 @@
 """The PyTorch twins of benchmarks/compare_torch.py: same parameters, same logits as Keras."""
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -254,3 +256,25 @@ def test_enet_copy_refuses_a_wrong_prelu():
     twin.bottleneck1_0_1_prelu = torch.nn.PReLU()  # one shared slope instead of one per channel
     with pytest.raises(ValueError, match=r"bottleneck1_0_1_prelu.*alpha has Keras shape \(4,\)"):
         copy_keras_weights(model, twin)
+
+
+def test_compare_torch_size_takes_a_side_or_height_and_width():
+    from benchmarks.compare_torch import _size
+
+    assert _size("256") == (256, 256)
+    assert _size("352,480") == (352, 480)
+    for bad in ("352,", "0,4", "a", "1,2,3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="S or H,W"):
+            _size(bad)
+
+
+@pytest.mark.slow
+def test_compare_torch_runs_tiny_enet_end_to_end(tmp_path):
+    from benchmarks.compare_torch import main
+
+    results = tmp_path / "RESULTS.md"
+    text = main(["--models", "enet", "--tiny", "--size", "24,40", "--batch", "2", "--rounds", "1", "--no_xla",
+                 "--num_classes", "4", "--class_weights", "enet", "--section", "pytorch-enet",
+                 "--results", str(results)])
+    assert "| enet (tiny) | 24x40 | 2 | training: our loop |" in text
+    assert "<!-- begin pytorch-enet -->" in results.read_text()
