@@ -1,20 +1,31 @@
-r"""keras_seg's U-Net and FCN-8s side by side with their PyTorch twins, on the same weights.
+r"""keras_seg's U-Net, FCN-8s and ENet side by side with their PyTorch twins, on the same weights.
 
-    python benchmarks/compare_torch.py [--models unet,fcn8s] [--size 256] [--batch 2]
-        [--infer_batch 1] [--rounds 3] [--tiny] [--results benchmarks/RESULTS.md]
+    python benchmarks/compare_torch.py [--models unet,fcn8s] [--size 256 | --size H,W]
+        [--batch 2] [--infer_batch 1] [--rounds 3] [--num_classes 21] [--class_weights none]
+        [--tiny] [--results benchmarks/RESULTS.md] [--section pytorch]
 
-For each model it builds the Keras network (paper defaults, 21 classes) and its twin from
-``benchmarks/torch_models.py``, copies the Keras weights into the twin and prints the largest
-logit difference as a sanity check. It then times, alternately (round r runs each side once):
+ENet at its CamVid training setting (configs/enet_camvid.cfg: crop 352x480, batch 10, 11
+classes, ENet class weighting), in its own section of the results file:
+
+    python benchmarks/compare_torch.py --models enet --size 352,480 --batch 10 \
+        --num_classes 11 --class_weights enet --section pytorch-enet
+
+For each model it builds the Keras network (paper defaults, ``--num_classes`` classes) and
+its twin from ``benchmarks/torch_models.py``, copies the Keras weights into the twin and
+prints the largest logit difference as a sanity check. It then times, alternately (round r
+runs each side once):
 
 * inference: ``tf.function(lambda x: model(x, training=False))`` against ``model.eval()``
   under ``torch.inference_mode()``, each returning a NumPy array;
 * training: ``keras_seg.training.make_train_step`` under ``tf.distribute.MirroredStrategy``
   with SGD(0.01, momentum 0.9), fed by a distributed ``tf.data`` iterator, against
   ``CrossEntropyLoss(ignore_index=255)`` and ``torch.optim.SGD(lr=0.01, momentum=0.9)``.
+  With ``--class_weights enet`` both losses weight class c by ENet's ``1 / ln(1.02 + p_c)``
+  (``p_c``: its share of the labelled pixels of the random batch).
 
 Both sides get the same random NHWC input (converted to NCHW for PyTorch before timing) and
-labels. The table goes to stdout and to the ``pytorch`` section of the results file.
+labels. The table goes to stdout and to the ``--section`` section (default ``pytorch``) of
+the results file.
 PyTorch runs ``--torch_threads`` threads (default: the usable CPUs) with
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see the comment below).
 Needs PyTorch: ``pip install -e .[bench-torch]``.
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -52,15 +64,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_seg  # noqa: E402
-from benchmarks.torch_models import TorchFCN8s, TorchUNet, copy_keras_weights  # noqa: E402
+from benchmarks.torch_models import TorchENet, TorchFCN8s, TorchUNet, copy_keras_weights  # noqa: E402
 from keras_seg.benchmark import report, timing  # noqa: E402
 from keras_seg.benchmark.model_bench import FitStepTimer  # noqa: E402
+from keras_seg.data.manifest import enet_weights  # noqa: E402
 from keras_seg.losses import WeightedPixelCrossEntropy  # noqa: E402
 from keras_seg.training import make_train_step  # noqa: E402
 
-NUM_CLASSES = 21
 IGNORE_LABEL = 255
-TWINS = {"unet": TorchUNet, "fcn8s": TorchFCN8s}
+TWINS = {"unet": TorchUNet, "fcn8s": TorchFCN8s, "enet": TorchENet}
 # FCN zero-initialises its score layers, which makes the logits of a fresh model exactly 0
 # and the logit check vacuous; Glorot-initialised scores cost the same to run.
 _EXTRA_OPTIONS = {"fcn8s": {"zero_init_scores": False}}
@@ -75,9 +87,22 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def _size(text: str) -> tuple:
+    """``"S"`` (square) or ``"H,W"`` -> ``(H, W)``, for argparse."""
+    try:
+        hw = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"must be S or H,W with positive integers. Received: {text!r}")
+    return hw
+
+
 def _row(label, size, batch, mode, timings):
     k, t = timings["keras"], timings["torch"]
-    return [label, f"{size}x{size}", batch, mode,
+    return [label, "x".join(map(str, size)), batch, mode,
             report.fmt(k.per_second(batch)), report.fmt(t.per_second(batch)),
             report.ratio(k.per_second(batch), t.per_second(batch)),
             report.fmt(k.median_s * 1000, ".1f"), report.fmt(t.median_s * 1000, ".1f")]
@@ -87,20 +112,24 @@ def compare_model(name: str, args, strategy) -> tuple:
     """Builds, checks and times one model; returns (table rows, note line)."""
     options = {**(keras_seg.tiny_options(name) if args.tiny else {}), **_EXTRA_OPTIONS.get(name, {})}
     label = f"{name} (tiny)" if args.tiny else name
+    num_classes, (height, width) = args.num_classes, args.size
     rng = np.random.default_rng(0)
     n = max(args.batch, args.infer_batch)
-    x_all = rng.normal(size=(n, args.size, args.size, 3)).astype(np.float32)
+    x_all = rng.normal(size=(n, height, width, 3)).astype(np.float32)
     x, x_inf = x_all[: args.batch], x_all[: args.infer_batch]
-    y = rng.integers(0, NUM_CLASSES, size=(args.batch, args.size, args.size)).astype(np.int32)
+    y = rng.integers(0, num_classes, size=(args.batch, height, width)).astype(np.int32)
     y[rng.random(y.shape) < 0.05] = IGNORE_LABEL  # a few unlabelled pixels, ignored by both
     w = np.ones(y.shape, np.float32)
+    class_weights = None
+    if args.class_weights == "enet":
+        class_weights = enet_weights(np.bincount(y[y != IGNORE_LABEL], minlength=num_classes).tolist())
 
     _log(f"{label}: building Keras and torch models (options {options or 'paper defaults'})")
     keras.utils.set_random_seed(0)
     torch.manual_seed(0)
     with strategy.scope():
-        model = keras_seg.build_model(name, NUM_CLASSES, **options)
-    twin = copy_keras_weights(model, TWINS[name](NUM_CLASSES, **options))
+        model = keras_seg.build_model(name, num_classes, **options)
+    twin = copy_keras_weights(model, TWINS[name](num_classes, **options))
     _log(f"{label}: {model.count_params():,} parameters; weights copied")
 
     # Inference.
@@ -116,7 +145,7 @@ def compare_model(name: str, args, strategy) -> tuple:
     theirs = torch_infer().transpose(0, 2, 3, 1)
     diff, scale = float(np.abs(ours - theirs).max()), float(np.abs(ours).max())
     flag = "" if diff <= 1e-3 * max(1.0, scale) else "  WARNING: the twins disagree"
-    note = f"{label}: max |logit diff| {diff:.2e} (max |logit| {scale:.3g}) at {args.size}x{args.size}"
+    note = f"{label}: max |logit diff| {diff:.2e} (max |logit| {scale:.3g}) at {height}x{width}"
     note += f", options {options}" if options else ""
     _log(note + flag)
     _log(f"{label}: timing inference, batch {args.infer_batch}, {args.rounds} rounds")
@@ -132,25 +161,29 @@ def compare_model(name: str, args, strategy) -> tuple:
         optimizer.build(model.trainable_variables)
     dataset = tf.data.Dataset.from_tensors((x, y, w)).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    steps = {"keras": make_train_step(model, optimizer, strategy, NUM_CLASSES, ignore_label=IGNORE_LABEL)}
+    steps = {"keras": make_train_step(model, optimizer, strategy, num_classes, ignore_label=IGNORE_LABEL,
+                                      class_weights=class_weights)}
     if not args.no_xla:
-        steps["keras_xla"] = make_train_step(model, optimizer, strategy, NUM_CLASSES, ignore_label=IGNORE_LABEL,
-                                             jit_compile=True)
+        steps["keras_xla"] = make_train_step(model, optimizer, strategy, num_classes, ignore_label=IGNORE_LABEL,
+                                             class_weights=class_weights, jit_compile=True)
 
     # Plain model.fit on a twin with the same weights (Keras's default compile: on a CPU-only
     # machine jit_compile="auto" resolves to no XLA); each call fits one step, and its time is
     # the one the callback sees, so fit's per-call set-up is left out.
     keras.utils.set_random_seed(0)
-    fit_model = keras_seg.build_model(name, NUM_CLASSES, **options)
+    fit_model = keras_seg.build_model(name, num_classes, **options)
     fit_model.set_weights(model.get_weights())
     fit_model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=WeightedPixelCrossEntropy(NUM_CLASSES, ignore_label=IGNORE_LABEL))
+                      loss=WeightedPixelCrossEntropy(num_classes, ignore_label=IGNORE_LABEL,
+                                                     class_weights=class_weights))
     fit_data = tf.data.Dataset.from_tensors((x, y)).repeat()
     fit_timer = FitStepTimer()
 
     twin.train()
     torch_opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32),
+        ignore_index=IGNORE_LABEL)
     xt_train, yt = _nchw(x), torch.from_numpy(y.astype(np.int64))
     losses = {"keras": [], "keras_xla": [], "fit": [], "torch": []}
 
@@ -192,23 +225,31 @@ def compare_model(name: str, args, strategy) -> tuple:
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="unet,fcn8s", help="comma-separated subset of unet,fcn8s")
-    p.add_argument("--size", type=int, default=256, help="square input side")
+    p.add_argument("--models", default="unet,fcn8s", help=f"comma-separated subset of {','.join(TWINS)}")
+    p.add_argument("--size", type=_size, default=(256, 256), help="input size: H,W, or S for S x S (default 256)")
     p.add_argument("--batch", type=int, default=2, help="training batch")
     p.add_argument("--infer_batch", type=int, default=1, help="inference batch")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (after one warm-up call each)")
+    p.add_argument("--num_classes", type=int, default=21, help="classes of the logits and the random labels")
+    p.add_argument("--class_weights", choices=("none", "enet"), default="none",
+                   help="loss class weights on both sides: none, or ENet's 1/ln(1.02 + p) of the random labels")
     p.add_argument("--no_xla", action="store_true", help="leave out our loop with jit_compile=True")
     p.add_argument("--tiny", action="store_true", help="the tiny test variants instead of the paper networks")
     p.add_argument("--torch_threads", type=int, default=None,
                    help="torch.set_num_threads (default: the usable CPUs, as TensorFlow uses)")
     p.add_argument("--results", default=os.path.join(_REPO, "benchmarks", "RESULTS.md"),
-                   help="results file; only its `pytorch` section is rewritten")
+                   help="results file; only its --section section is rewritten")
+    p.add_argument("--section", default="pytorch",
+                   help="section of the results file to rewrite (lower-case words), e.g. pytorch-enet "
+                        "for a run that should not replace the U-Net / FCN-8s table")
     args = p.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(TWINS))
     if unknown or not models:
         p.error(f"--models takes a subset of {sorted(TWINS)}. Received: --models={args.models!r}")
-    for flag in ("size", "batch", "infer_batch", "rounds", "torch_threads"):
+    if not re.fullmatch(r"[a-z0-9_-]+", args.section):  # keras_seg.benchmark.report's section names
+        p.error(f"--section takes lower-case words (a-z, 0-9, _ and -). Received: --section={args.section!r}")
+    for flag in ("batch", "infer_batch", "rounds", "num_classes", "torch_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag} must be >= 1. Received: --{flag}={getattr(args, flag)}")
 
@@ -233,7 +274,9 @@ def main(argv=None) -> str:
         "",
         report.machine_header(info),
         "",
-        f"{NUM_CLASSES} classes; the same weights on both sides (copied from Keras into the PyTorch "
+        f"{args.num_classes} classes"
+        + ("" if args.class_weights == "none" else f", {args.class_weights} class weights in both losses")
+        + "; the same weights on both sides (copied from Keras into the PyTorch "
         "twins of benchmarks/torch_models.py), the same random input and labels. img/s at the "
         "median call; ours/torch is keras img/s over torch img/s (above 1: keras_seg is faster). "
         "Inference: `tf.function(model(x, training=False))` vs `eval()` + `torch.inference_mode()`. "
@@ -247,8 +290,8 @@ def main(argv=None) -> str:
         *[f"- {n}" for n in notes],
     ])
     print(table, flush=True)
-    report.write_sections(args.results, {"pytorch": text})
-    _log(f"done in {time.perf_counter() - t0:.0f}s; wrote the `pytorch` section of {args.results}")
+    report.write_sections(args.results, {args.section: text})
+    _log(f"done in {time.perf_counter() - t0:.0f}s; wrote the `{args.section}` section of {args.results}")
     return text
 
 

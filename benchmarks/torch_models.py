@@ -1,12 +1,14 @@
-"""PyTorch twins of keras_seg's U-Net and FCN-8s, for side-by-side speed comparisons.
+"""PyTorch twins of keras_seg's U-Net, FCN-8s and ENet, for side-by-side speed comparisons.
 
-:class:`TorchUNet` mirrors :func:`keras_seg.models.unet.build_unet` and :class:`TorchFCN8s`
-mirrors :func:`keras_seg.models.fcn.build_fcn8s`: the same layers with the same shapes, in
-the same order, with the same padding and crops, so both hold the same parameters and
+:class:`TorchUNet` mirrors :func:`keras_seg.models.unet.build_unet`, :class:`TorchFCN8s`
+:func:`keras_seg.models.fcn.build_fcn8s` and :class:`TorchENet`
+:func:`keras_seg.models.enet.build_enet`: the same layers with the same shapes, in the same
+order, with the same padding and crops, so both hold the same parameters and
 :func:`copy_keras_weights` makes them compute the same logits (NCHW here, NHWC in Keras).
 
 Every module that holds weights is an attribute named like the Keras layer it mirrors
-(``enc1_1_conv``, ``block1_conv1``, ``upscore2``, ...): the copy matches them by name.
+(``enc1_1_conv``, ``block1_conv1``, ``upscore2``, ``bottleneck2_2_conv2``, ...): the copy
+matches them by name.
 
 Where PyTorch writes the same computation differently, the twin is written as a PyTorch
 user would, with numerically identical results:
@@ -20,6 +22,22 @@ user would, with numerically identical results:
   value, so Keras 0.9 is PyTorch 0.1; ``eps`` is set to keras_seg's 1e-3 (PyTorch's
   default is 1e-5). Keras' ``synchronized=True`` is plain batch norm on one device.
 * ReLUs run in place, as in torchvision; the values are the same.
+* TensorFlow's ``"same"`` padding puts the odd extra pixel of a strided convolution at the
+  bottom/right, which ``nn.Conv2d(padding=...)`` cannot express: :class:`Conv2dSame` pads
+  like TensorFlow (timm's ``Conv2dSame``), and :class:`ConvTranspose2dSame` crops the full
+  transposed convolution as ``Conv2DTranspose(padding="same")`` does.
+* ENet's argmax pooling and unpooling are ``F.max_pool2d(return_indices=True)`` and
+  ``F.max_unpool2d``. Their indices count positions within one channel (``y * W + x``);
+  keras_seg's also fold in the channel (``(y * W + x) * C + c``). Both take the first
+  maximum of a window in row-major order, so ties pick the same position; the channel
+  zero-padding of the downsampling shortcut is ``F.pad``.
+* ``PReLU(shared_axes=[1, 2])`` (Keras alpha ``(1, 1, C)``) is ``nn.PReLU(C)`` (weight ``(C,)``).
+  Keras initialises the slopes to 0, PyTorch to 0.25; the copy overwrites them.
+* ``SpatialDropout2D`` is ``nn.Dropout2d``: whole channels per image, the same rate and
+  scaling; the random masks differ, so only inference and dropout-free training match.
+* In training, PyTorch's batch norm updates ``running_var`` with the unbiased batch
+  variance (``n / (n - 1)`` times Keras' biased one). The normalisation itself, and so the
+  loss and gradients, use the biased variance on both sides.
 
 Keras' ``count_params`` also counts batch norm's moving mean and variance (non-trainable
 weights), which PyTorch keeps as buffers: :func:`keras_style_param_count` counts them too.
@@ -37,10 +55,14 @@ from torch import nn
 
 from keras_seg.models.backbones.vgg import VGG16_BLOCKS, check_vgg_blocks
 from keras_seg.models.blocks import bilinear_kernel
+from keras_seg.models.enet import check_enet_options, stage23_plan
 from keras_seg.models.fcn import FCN_CROP_OFFSETS
 from keras_seg.models.unet import valid_unet_output_size
 
-__all__ = ["TorchUNet", "TorchFCN8s", "copy_keras_weights", "keras_style_param_count"]
+__all__ = [
+    "TorchUNet", "TorchFCN8s", "TorchENet", "Conv2dSame", "ConvTranspose2dSame", "copy_keras_weights",
+    "keras_style_param_count",
+]
 
 # keras_seg.models.blocks.batch_norm: Keras momentum 0.9 (PyTorch 0.1), epsilon 1e-3.
 _BN_MOMENTUM = 0.1
@@ -64,6 +86,61 @@ def _crop(x: torch.Tensor, top: int, left: int, height: int, width: int, name: s
             f"{tuple(x.shape)}, offset ({top}, {left}), size ({height}, {width})"
         )
     return x[..., top:top + height, left:left + width]
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """TensorFlow's ``"same"`` padding of one side: ``(before, after)``, the extra pixel after."""
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow's ``"same"`` padding at any stride and input size.
+
+    Keras' ``Conv2D(padding="same", strides=2)`` pads an odd total with the extra row and
+    column at the bottom/right; ``nn.Conv2d(padding=k // 2)`` pads both sides equally and
+    so samples other windows. This module pads like TensorFlow before a valid convolution,
+    as timm's ``Conv2dSame`` does; the padding is computed from the run-time size.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = (
+            _same_pads(int(n), k, s, d)
+            for n, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation)
+        )
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class ConvTranspose2dSame(nn.ConvTranspose2d):
+    """Keras' ``Conv2DTranspose(padding="same")``: output ``stride`` times the input size.
+
+    TensorFlow computes the full transposed convolution (``(n - 1) * s + k`` per side) and
+    drops ``(k - s) // 2`` leading and the remaining trailing rows/columns (for ENet's 3x3
+    stride-2 decoder convolution: the last one). ``nn.ConvTranspose2d(padding=1,
+    output_padding=1)`` would drop the first instead, a one-pixel shift.
+
+    Raises:
+      ValueError: a kernel smaller than the stride (not needed here, not implemented).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
+        if any(k < s for k, s in zip(self.kernel_size, self.stride)):
+            raise ValueError(f"kernel_size must be >= stride. Received: kernel_size={kernel_size!r}, stride={stride!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), (sh, sw) = x.shape[-2:], self.stride
+        top, left = ((k - s) // 2 for k, s in zip(self.kernel_size, self.stride))
+        return super().forward(x)[..., top:top + h * sh, left:left + w * sw]
 
 
 class TorchUNet(nn.Module):
@@ -103,7 +180,7 @@ class TorchUNet(nn.Module):
                 self.add_module(f"{name}_{k}_conv", nn.Conv2d(
                     c_in if k == 1 else c_out, c_out, 3, padding=conv_pad, bias=not batch_norm))
                 if batch_norm:
-                    self.add_module(f"{name}_{k}_bn", nn.BatchNorm2d(c_out, eps=_BN_EPS, momentum=_BN_MOMENTUM))
+                    self.add_module(f"{name}_{k}_bn", _bn(c_out))
             return c_out
 
         prev = in_channels
@@ -243,6 +320,143 @@ class TorchFCN8s(nn.Module):
         return _crop(x, off_out, off_out, h, w, "logits")
 
 
+class TorchENet(nn.Module):
+    """ENet (Paszke et al., 2016, https://arxiv.org/abs/1606.02147), as keras_seg builds it.
+
+    The input is zero-padded at the bottom/right to a multiple of 8 and the logits cropped
+    back. Initial block (3x3 stride-2 convolution concatenated with 2x2 max pooling, BN,
+    PReLU); encoder bottlenecks with PReLU and spatial dropout (downsampling ones: 2x2
+    stride-2 projection, and a shortcut of argmax max pooling zero-padded to the output
+    channels); decoder bottlenecks with ReLU (upsampling ones: a 3x3 stride-2 transposed
+    convolution, and a shortcut of 1x1 convolution + BN max-unpooled with the encoder's
+    indices); a 2x2 stride-2 transposed convolution to the classes.
+
+    Args:
+      num_classes: number of classes of the logits.
+      in_channels: channels of the input.
+      widths: maps after the initial block, stage 1 and stages 2-3; the decoder mirrors them.
+      stage1_blocks: bottlenecks after bottleneck1.0.
+      stage23_blocks: bottlenecks after bottleneck2.0 (:func:`keras_seg.models.enet.stage23_plan`).
+      stage4_blocks: bottlenecks after bottleneck4.0.
+      stage5_blocks: bottlenecks after bottleneck5.0.
+
+    Raises:
+      ValueError: for invalid options, as :func:`keras_seg.models.enet.build_enet`.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, *, widths: Sequence[int] = (16, 64, 128),
+                 stage1_blocks: int = 4, stage23_blocks: int = 16, stage4_blocks: int = 2, stage5_blocks: int = 1):
+        super().__init__()
+        for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be an int >= 1. Received: {arg}={value!r}")
+        w0, w1, w2 = check_enet_options(widths, in_channels, stage1_blocks=stage1_blocks,
+                                        stage23_blocks=stage23_blocks, stage4_blocks=stage4_blocks,
+                                        stage5_blocks=stage5_blocks)
+        self.initial_conv = Conv2dSame(in_channels, w0 - in_channels, 3, stride=2)
+        self.initial_bn = _bn(w0)
+        self.initial_prelu = nn.PReLU(w0)
+        # (name, kind, size, downsample) and (name, upsample), in the order Keras builds them.
+        self.encoder: List[Tuple[str, str, int, bool]] = []
+        self.decoder: List[Tuple[str, bool]] = []
+        prev = w0
+        for name, filters, kind, size, down, dropout in (
+            [("bottleneck1_0", w1, "regular", 3, True, 0.01)]
+            + [(f"bottleneck1_{i}", w1, "regular", 3, False, 0.01) for i in range(1, stage1_blocks + 1)]
+            + [("bottleneck2_0", w2, "regular", 3, True, 0.1)]
+            + [(name, w2, kind, size, False, 0.1) for name, kind, size in stage23_plan(stage23_blocks)]
+        ):
+            self._add_encoder_bottleneck(name, prev, filters, kind, size, down, dropout)
+            self.encoder.append((name, kind, size, down))
+            prev = filters
+        for name, filters, up in (
+            [("bottleneck4_0", w1, True)] + [(f"bottleneck4_{i}", w1, False) for i in range(1, stage4_blocks + 1)]
+            + [("bottleneck5_0", w0, True)] + [(f"bottleneck5_{i}", w0, False) for i in range(1, stage5_blocks + 1)]
+        ):
+            self._add_decoder_bottleneck(name, prev, filters, up)
+            self.decoder.append((name, up))
+            prev = filters
+        self.fullconv = nn.ConvTranspose2d(prev, num_classes, 2, stride=2)
+
+    def _add_encoder_bottleneck(self, name, c_in, filters, kind, size, downsample, dropout):
+        internal = filters // 4
+        if downsample:
+            self.add_module(f"{name}_conv1", Conv2dSame(c_in, internal, 2, stride=2, bias=False))
+        else:
+            self.add_module(f"{name}_conv1", nn.Conv2d(c_in, internal, 1, bias=False))
+        self.add_module(f"{name}_bn1", _bn(internal))
+        self.add_module(f"{name}_1_prelu", nn.PReLU(internal))
+        if kind == "asymmetric":
+            pad = size // 2
+            self.add_module(f"{name}_conv2a", nn.Conv2d(internal, internal, (1, size), padding=(0, pad), bias=False))
+            self.add_module(f"{name}_conv2b", nn.Conv2d(internal, internal, (size, 1), padding=(pad, 0)))
+        else:
+            dilation = size if kind == "dilated" else 1
+            self.add_module(f"{name}_conv2", nn.Conv2d(internal, internal, 3, padding=dilation, dilation=dilation))
+        self.add_module(f"{name}_bn2", _bn(internal))
+        self.add_module(f"{name}_2_prelu", nn.PReLU(internal))
+        self.add_module(f"{name}_conv3", nn.Conv2d(internal, filters, 1, bias=False))
+        self.add_module(f"{name}_bn3", _bn(filters))
+        self.add_module(f"{name}_dropout", nn.Dropout2d(dropout))
+        self.add_module(f"{name}_out_prelu", nn.PReLU(filters))
+
+    def _add_decoder_bottleneck(self, name, c_in, filters, upsample):
+        internal = filters // 4
+        self.add_module(f"{name}_conv1", nn.Conv2d(c_in, internal, 1, bias=False))
+        self.add_module(f"{name}_bn1", _bn(internal))
+        if upsample:
+            self.add_module(f"{name}_conv2", ConvTranspose2dSame(internal, internal, 3, stride=2))
+        else:
+            self.add_module(f"{name}_conv2", nn.Conv2d(internal, internal, 3, padding=1))
+        self.add_module(f"{name}_bn2", _bn(internal))
+        self.add_module(f"{name}_conv3", nn.Conv2d(internal, filters, 1, bias=False))
+        self.add_module(f"{name}_bn3", _bn(filters))
+        if upsample or c_in != filters:
+            self.add_module(f"{name}_main_conv", nn.Conv2d(c_in, filters, 1, bias=False))
+            self.add_module(f"{name}_main_bn", _bn(filters))
+
+    def _run(self, x: torch.Tensor, name: str, *ops: str) -> torch.Tensor:
+        """Applies the modules ``{name}_{op}`` in order."""
+        for op in ops:
+            x = getattr(self, f"{name}_{op}")(x)
+        return x
+
+    def _encoder_bottleneck(self, x, name, kind, downsample):
+        y = self._run(x, name, "conv1", "bn1", "1_prelu")
+        y = self._run(y, name, *(("conv2a", "conv2b") if kind == "asymmetric" else ("conv2",)))
+        y = self._run(y, name, "bn2", "2_prelu", "conv3", "bn3", "dropout")
+        indices = None
+        if downsample:
+            x, indices = F.max_pool2d(x, 2, return_indices=True)
+            x = F.pad(x, (0, 0, 0, 0, 0, y.shape[1] - x.shape[1]))  # PadChannels
+        return self._run(x + y, name, "out_prelu"), indices
+
+    def _decoder_bottleneck(self, x, name, indices):
+        y = F.relu(self._run(x, name, "conv1", "bn1"), inplace=True)
+        y = F.relu(self._run(y, name, "conv2", "bn2"), inplace=True)
+        y = self._run(y, name, "conv3", "bn3")
+        if hasattr(self, f"{name}_main_conv"):
+            x = self._run(x, name, "main_conv", "main_bn")
+            if indices is not None:
+                x = F.max_unpool2d(x, indices, 2)
+        return F.relu(x + y, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> logits ``(B, num_classes, H, W)``, for every ``H, W >= 1``."""
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % 8, 0, -h % 8))
+        x = torch.cat([self.initial_conv(x), F.max_pool2d(x, 2)], dim=1)
+        x = self.initial_prelu(self.initial_bn(x))
+        pooled: List[torch.Tensor] = []
+        for name, kind, _, down in self.encoder:
+            x, indices = self._encoder_bottleneck(x, name, kind, down)
+            if down:
+                pooled.append(indices)
+        for name, up in self.decoder:
+            x = self._decoder_bottleneck(x, name, pooled.pop() if up else None)
+        return self.fullconv(x)[..., :h, :w]
+
+
 def _torch_weights(layer, module: nn.Module, where: str) -> List[Tuple[str, torch.Tensor, np.ndarray, bool]]:
     """``(what, torch tensor, value in torch layout, learnable in Keras)`` of one Keras layer.
 
@@ -271,18 +485,35 @@ def _torch_weights(layer, module: nn.Module, where: str) -> List[Tuple[str, torc
         return out
 
     if isinstance(layer, keras.layers.Conv2DTranspose):
-        need(isinstance(module, nn.ConvTranspose2d), f"Conv2DTranspose needs nn.ConvTranspose2d, got {type(module).__name__}")
-        need(layer.padding == "valid" and tuple(module.padding) == (0, 0) and tuple(module.output_padding) == (0, 0),
-             f"padding {layer.padding!r} vs torch padding {module.padding}, output_padding {module.output_padding}")
-        return kernel_and_bias("ConvTranspose2d")
+        want = ConvTranspose2dSame if layer.padding == "same" else nn.ConvTranspose2d
+        need(type(module) is want, f"Conv2DTranspose(padding={layer.padding!r}) needs {want.__name__}, "
+             f"got {type(module).__name__}")
+        need(tuple(module.padding) == (0, 0) and tuple(module.output_padding) == (0, 0)
+             and tuple(module.dilation) == (1, 1) and layer.output_padding is None,
+             f"padding {layer.padding!r}, output_padding {layer.output_padding} vs torch padding "
+             f"{module.padding}, output_padding {module.output_padding}, dilation {module.dilation}")
+        return kernel_and_bias(want.__name__)
     if isinstance(layer, keras.layers.Conv2D):
-        need(type(module) is nn.Conv2d, f"Conv2D needs nn.Conv2d, got {type(module).__name__}")
+        need(type(module) in (nn.Conv2d, Conv2dSame),
+             f"Conv2D needs nn.Conv2d or Conv2dSame, got {type(module).__name__}")
         need(layer.groups == module.groups, f"groups {layer.groups} vs torch {module.groups}")
-        if layer.padding == "same":  # a 'valid' one may have a ZeroPadding2D folded into torch's padding
-            want = tuple(d * (k - 1) // 2 for d, k in zip(layer.dilation_rate, layer.kernel_size))
-            need(tuple(module.padding) == want and max(layer.strides) == 1,
-                 f"padding 'same' needs torch padding {want} at stride 1, got {module.padding}")
-        return kernel_and_bias("Conv2d")
+        if type(module) is Conv2dSame:
+            need(layer.padding == "same", f"Conv2dSame mirrors padding 'same', Keras has {layer.padding!r}")
+        elif layer.padding == "same":  # a 'valid' one may have a ZeroPadding2D folded into torch's padding
+            # Symmetric torch padding is TensorFlow's only at stride 1 with an even total (odd kernels).
+            extent = tuple(d * (k - 1) for d, k in zip(layer.dilation_rate, layer.kernel_size))
+            want = tuple(e // 2 for e in extent)
+            need(tuple(module.padding) == want and max(layer.strides) == 1 and not any(e % 2 for e in extent),
+                 f"padding 'same' needs torch padding {want} at stride 1 with odd kernels (else "
+                 f"Conv2dSame), got padding {module.padding}, strides {layer.strides}, kernel {layer.kernel_size}")
+        return kernel_and_bias(type(module).__name__)
+    if isinstance(layer, keras.layers.PReLU):
+        need(isinstance(module, nn.PReLU), f"PReLU needs nn.PReLU, got {type(module).__name__}")
+        alpha = layer.alpha.numpy()
+        need(sorted(layer.shared_axes or []) == [1, 2] and alpha.shape[:2] == (1, 1),
+             f"only PReLU(shared_axes=[1, 2]), one slope per channel as nn.PReLU(C), has a torch "
+             f"counterpart; Keras has shared_axes={layer.shared_axes}")
+        return [("alpha", module.weight, np.ascontiguousarray(alpha.reshape(-1)), layer.trainable)]
     if isinstance(layer, keras.layers.BatchNormalization):
         need(isinstance(module, nn.BatchNorm2d), f"BatchNormalization needs nn.BatchNorm2d, got {type(module).__name__}")
         need(layer.axis in (-1, 3) and layer.center and layer.scale and module.affine and module.track_running_stats,
@@ -304,12 +535,14 @@ def copy_keras_weights(keras_model: keras.Model, torch_model: nn.Module) -> nn.M
 
     Convolution kernels go from Keras' HWIO (``Conv2DTranspose``: HW-out-in) to PyTorch's
     OIHW (``ConvTranspose2d``: in-out-HW); batch norm's gamma, beta, moving mean and
-    variance go to ``weight``, ``bias``, ``running_mean``, ``running_var``. Everything is
+    variance go to ``weight``, ``bias``, ``running_mean``, ``running_var``; a per-channel
+    PReLU's alpha ``(1, 1, C)`` goes to ``nn.PReLU``'s ``weight`` ``(C,)``. Everything is
     checked before anything is copied, so a mismatch leaves ``torch_model`` unchanged.
 
     Args:
-      keras_model: a keras_seg model (``unet``, ``fcn8s``).
-      torch_model: its twin (:class:`TorchUNet`, :class:`TorchFCN8s`) built with the same options.
+      keras_model: a keras_seg model (``unet``, ``fcn8s``, ``enet``).
+      torch_model: its twin (:class:`TorchUNet`, :class:`TorchFCN8s`, :class:`TorchENet`) built
+        with the same options.
 
     Returns:
       ``torch_model``.

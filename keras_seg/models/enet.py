@@ -4,7 +4,7 @@ Segmentation", 2016. https://arxiv.org/abs/1606.02147
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import keras
 
@@ -20,7 +20,7 @@ from keras_seg.models.blocks import (
 )
 from keras_seg.registry import register
 
-__all__ = ["build_enet"]
+__all__ = ["build_enet", "check_enet_options", "stage23_plan"]
 
 #: Main convolutions of bottlenecks 2.1-2.8 (and 3.1-3.8): ("regular" | "dilated" | "asymmetric", size).
 STAGE2_PATTERN: Tuple[Tuple[str, int], ...] = (
@@ -33,6 +33,41 @@ STAGE2_PATTERN: Tuple[Tuple[str, int], ...] = (
     ("asymmetric", 5),
     ("dilated", 16),
 )
+
+
+def check_enet_options(widths: Sequence[int], in_channels: int, **stage_blocks: int) -> Tuple[int, int, int]:
+    """Validates ENet's ``widths`` and ``stage*_blocks`` options; returns ``widths`` as a tuple.
+
+    Shared by :func:`build_enet` and the PyTorch twin of ``benchmarks/torch_models.py``.
+
+    Raises:
+      ValueError: naming the offending option and the value received.
+    """
+    widths = tuple(widths)
+    if (
+        len(widths) != 3
+        or any(isinstance(w, bool) or not isinstance(w, int) or w < 4 or w % 4 for w in widths)
+        or widths[0] <= in_channels
+        or not widths[0] <= widths[1] <= widths[2]
+    ):
+        raise ValueError(
+            "widths must be three non-decreasing multiples of 4, the first above the input "
+            f"channels. Received: widths={widths!r}"
+        )
+    for arg, value in stage_blocks.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{arg} must be an int >= 0. Received: {arg}={value!r}")
+    return widths
+
+
+def stage23_plan(blocks: int) -> List[Tuple[str, str, int]]:
+    """``(name, kind, size)`` of the ``blocks`` bottlenecks after bottleneck2.0, in order.
+
+    They cycle through :data:`STAGE2_PATTERN`: ``bottleneck2_1`` ... ``bottleneck2_8``, then
+    ``bottleneck3_1`` and so on.
+    """
+    n = len(STAGE2_PATTERN)
+    return [(f"bottleneck{2 + i // n}_{1 + i % n}",) + STAGE2_PATTERN[i % n] for i in range(blocks)]
 
 
 def _bn(x, name):
@@ -169,23 +204,10 @@ def build_enet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    widths = tuple(widths)
-    if (
-        len(widths) != 3
-        or any(isinstance(w, bool) or not isinstance(w, int) or w < 4 or w % 4 for w in widths)
-        or widths[0] <= input_shape[-1]
-        or not widths[0] <= widths[1] <= widths[2]
-    ):
-        raise ValueError(
-            "widths must be three non-decreasing multiples of 4, the first above the input "
-            f"channels. Received: widths={widths!r}"
-        )
-    for arg, value in (
-        ("stage1_blocks", stage1_blocks), ("stage23_blocks", stage23_blocks),
-        ("stage4_blocks", stage4_blocks), ("stage5_blocks", stage5_blocks),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{arg} must be an int >= 0. Received: {arg}={value!r}")
+    widths = check_enet_options(
+        widths, input_shape[-1], stage1_blocks=stage1_blocks, stage23_blocks=stage23_blocks,
+        stage4_blocks=stage4_blocks, stage5_blocks=stage5_blocks,
+    )
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = PadToMultiple(8, name="pad")(inputs)
@@ -194,10 +216,8 @@ def build_enet(
     for i in range(1, stage1_blocks + 1):
         x, _ = encoder_bottleneck(x, widths[1], f"bottleneck1_{i}", dropout=0.01)
     x, indices2 = encoder_bottleneck(x, widths[2], "bottleneck2_0", downsample=True)
-    for i in range(stage23_blocks):
-        kind, size = STAGE2_PATTERN[i % len(STAGE2_PATTERN)]
-        stage, index = 2 + i // len(STAGE2_PATTERN), 1 + i % len(STAGE2_PATTERN)
-        x, _ = encoder_bottleneck(x, widths[2], f"bottleneck{stage}_{index}", kind=kind, size=size)
+    for block, kind, size in stage23_plan(stage23_blocks):
+        x, _ = encoder_bottleneck(x, widths[2], block, kind=kind, size=size)
     x = decoder_bottleneck(x, widths[1], "bottleneck4_0", indices=indices2)
     for i in range(1, stage4_blocks + 1):
         x = decoder_bottleneck(x, widths[1], f"bottleneck4_{i}")
