@@ -243,7 +243,10 @@ def test_enet_training_loss_and_step_equal_keras():
     keras_delta = np.concatenate([(stepped[k] - v).detach().numpy().ravel() for k, v in before.items()])
     torch_delta = np.concatenate([(p - before[k]).detach().numpy().ravel() for k, p in twin.named_parameters()])
     assert np.linalg.norm(keras_delta) > 1e-3  # the step moved the weights
-    assert np.linalg.norm(torch_delta - keras_delta) < 1e-3 * np.linalg.norm(keras_delta)
+    # Float32 rounding alone moves this update by 1-2 %: against a float64 Keras run of the same
+    # step, Keras's float32 update is 1.0 % off with the fused batch norm (keras_seg's) and 2.1 %
+    # with Keras 3's composite one. A wrong layer (PReLU slopes, dilation, unpooling) is O(1).
+    assert np.linalg.norm(torch_delta - keras_delta) < 3e-2 * np.linalg.norm(keras_delta)
     with torch.no_grad():
         second = loss_fn(twin(xt), yt).item()
     assert abs(second - t_loss.item()) > 1e-4
