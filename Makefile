@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # Full-size golden tests (parameter counts, shape tables) and other slow tests.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q --run_slow -m slow $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --run_slow -m slow $(PYTEST_ARGS) tests
 
 # Prepare the built-in dataset, train U-Net, evaluate, predict, export (SavedModel + TFLite with a
 # parity report) and predict with the int8 TFLite model under LiteRT: ~5-8 min on 2 cores.
