@@ -3,7 +3,8 @@
 ``model_dir/``::
 
     flags.txt            resolved training flags (replay with --flagfile)
-    model_config.json    model name, num_classes, options, class names, palette, ignore label
+    model_config.json    model name, num_classes, options, class names, palette, ignore label,
+                         and the --mixed_precision of the latest training command
     ckpt/                latest checkpoints (tf.train.CheckpointManager); unreadable ones
                          found on resume are renamed *.corrupt
     best/                checkpoint with the best eval mean IoU, and best.json
@@ -25,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from keras_seg.data.manifest import atomic_write_json
+from keras_seg.precision import precision_scope
 from keras_seg.registry import get_spec
 
 MODEL_CONFIG = "model_config.json"
@@ -172,13 +174,20 @@ def remove_partial_writes(directory: str) -> List[str]:
     return found
 
 
-def build_full_model(model_config: Dict[str, Any], input_shape=(None, None, 3)) -> keras.Model:
-    """Builds the model of a ``model_config.json`` dict with every training output."""
+def build_full_model(model_config: Dict[str, Any], input_shape=(None, None, 3),
+                     mixed_precision: str = "float32") -> keras.Model:
+    """Builds the model of a ``model_config.json`` dict with every training output.
+
+    ``mixed_precision`` (``float32``, ``bfloat16`` or ``float16``) is the compute precision
+    (:func:`keras_seg.precision.precision_scope`); the variables, hence the checkpoint
+    layout, are float32 under all three.
+    """
     spec = get_spec(model_config["model"])
     options = dict(model_config.get("model_options", {}))
     if spec.aux_weights:
         options["aux_outputs"] = True  # the training graph: same variables, outputs[0] = logits
-    return spec.builder(model_config["num_classes"], input_shape=tuple(input_shape), **options)
+    with precision_scope(mixed_precision):
+        return spec.builder(model_config["num_classes"], input_shape=tuple(input_shape), **options)
 
 
 def logits_only(model: keras.Model) -> keras.Model:
@@ -188,16 +197,23 @@ def logits_only(model: keras.Model) -> keras.Model:
     return model
 
 
-def load_trained_model(model_dir: str, checkpoint: str = "latest",
-                       input_shape=(None, None, 3)) -> Tuple[keras.Model, Dict[str, Any], str]:
+def load_trained_model(model_dir: str, checkpoint: str = "latest", input_shape=(None, None, 3),
+                       mixed_precision: str = "float32") -> Tuple[keras.Model, Dict[str, Any], str]:
     """Rebuilds the model of ``model_dir`` and restores a checkpoint's weights.
+
+    Args:
+      model_dir: a training directory.
+      checkpoint: ``latest``, ``best`` or a checkpoint path prefix.
+      input_shape: ``(H, W, C)`` of the rebuilt model.
+      mixed_precision: compute precision of the rebuilt model (``float32``, ``bfloat16`` or
+        ``float16``), whatever the run was trained under: checkpoints hold float32 variables.
 
     Returns:
       ``(model, model_config, checkpoint_path)``; ``model`` has one output, the logits.
     """
     config = read_model_config(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
-    full = build_full_model(config, input_shape)
+    full = build_full_model(config, input_shape, mixed_precision)
     status = tf.train.Checkpoint(model=full).read(path)
     status.expect_partial()  # the optimizer state is not needed for inference
     status.assert_existing_objects_matched()

@@ -2,6 +2,7 @@ r"""Evaluates a trained model on a dataset split and prints per-class IoU.
 
     python -m keras_seg.evaluate --model_dir=runs/unet_shapes [--split=val]
         [--data_dir=DIR] [--checkpoint=latest|best|PATH] [--batch_size=1]
+        [--mixed_precision=float32|bfloat16|float16]
 
 Writes ``<model_dir>/eval/evaluate-<split>-<step>.json`` (or ``--out``).
 """
@@ -19,10 +20,14 @@ FLAGS = flags.FLAGS
 
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
-        batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False):
+        batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False,
+        mixed_precision: str = "float32"):
     """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
 
     ``jit_compile`` runs the forward pass under XLA (compiled once per batch shape).
+    ``mixed_precision`` (``float32``, ``bfloat16`` or ``float16``) is the compute precision
+    of the forward pass, whatever the run was trained under (:mod:`keras_seg.precision`);
+    the record notes it.
     """
     from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
@@ -30,7 +35,10 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
     from keras_seg.training import evaluate, format_iou_table, scores_to_json  # pylint: disable=import-outside-toplevel
 
-    model, config, path = load_trained_model(model_dir, checkpoint)
+    from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
+
+    check_precision(mixed_precision)
+    model, config, path = load_trained_model(model_dir, checkpoint, mixed_precision=mixed_precision)
     data_dir = data_dir or config["data_dir"]
     manifest = load_manifest(data_dir)
     if manifest["num_classes"] != config["num_classes"]:
@@ -39,12 +47,14 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
             f"{config['num_classes']}. Pass the --data_dir the model was trained for."
         )
     ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False))
-    log(f"Evaluating {path} on {data_dir} split {split!r} ...")
+    log(f"Evaluating {path} on {data_dir} split {split!r}"
+        f"{'' if mixed_precision == 'float32' else f' in {mixed_precision}'} ...")
     scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log,
                       jit_compile=jit_compile)
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
     record = scores_to_json(scores, manifest["class_names"], step)
-    record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir)})
+    record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir),
+                   "mixed_precision": mixed_precision})
     out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
@@ -66,7 +76,7 @@ def main(argv):
 
     try:
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
-            jit_compile=FLAGS.jit_compile)
+            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -81,5 +91,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "JSON output path.")
     flags.DEFINE_bool("jit_compile", False, "Run the forward pass under XLA (compiled once per image size; "
                       "benchmarks/RESULTS.md compares it with plain tf.function).")
+    from keras_seg.precision import HELP, PRECISIONS  # pylint: disable=import-outside-toplevel
+
+    flags.DEFINE_enum("mixed_precision", "float32", PRECISIONS,
+                      HELP + " Of the forward pass, whatever the run was trained under (default float32).")
     flags.mark_flag_as_required("model_dir")
     app.run(main)

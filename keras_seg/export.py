@@ -154,10 +154,35 @@ def model_metadata(config: Dict[str, Any], checkpoint: str) -> Dict[str, Any]:
         "ignore_label": int(config["ignore_label"]),
         "dataset": config.get("dataset", ""),
         "checkpoint": checkpoint,
+        "trained_mixed_precision": config.get("mixed_precision", "float32"),
         "normalization": {"input": "uint8 RGB in [0, 255]", "formula": "(x / 255 - mean_rgb) / std_rgb",
                           "mean_rgb": list(MEAN_RGB), "std_rgb": list(STD_RGB), "inside_graph": True},
         "keras_seg_version": __version__,
     }
+
+
+def require_float32(model) -> None:
+    """Refuses a model with layers that compute in another dtype than float32.
+
+    Exported models are float32 whatever the run was trained under: rebuild a model trained
+    under mixed precision with ``load_trained_model(..., mixed_precision="float32")`` (the
+    checkpoint holds float32 variables). A bfloat16 or float16 graph would make the
+    SavedModel compute in 16 bits and TFLite conversion fail or lose precision.
+
+    Raises:
+      ValueError: naming the first such layer and its dtype policy.
+    """
+    pending = list(getattr(model, "layers", []))
+    while pending:
+        layer = pending.pop(0)
+        pending += list(getattr(layer, "layers", []))  # nested models (backbones)
+        if layer.compute_dtype in ("float16", "bfloat16"):
+            raise ValueError(
+                f"export needs a float32 model, but layer {layer.name!r} computes in {layer.compute_dtype} "
+                f"(dtype policy {layer.dtype_policy.name!r}). Rebuild it under float32, e.g. "
+                "keras_seg.checkpoints.load_trained_model(model_dir, mixed_precision='float32'). "
+                f"Received: model={getattr(model, 'name', model)!r}"
+            )
 
 
 def _checked_images(images, signature: str):
@@ -190,6 +215,7 @@ def build_serving_archive(model, metadata: Dict[str, Any]):
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    require_float32(model)
     num_classes = metadata["num_classes"]
     pad_id = metadata["ignore_label"] if 0 <= metadata["ignore_label"] <= 255 else 255
 
@@ -258,6 +284,8 @@ def write_tflite_source(model, size: Tuple[int, int], path: str) -> None:
     """The fixed-size, batch-1 SavedModel the TFLite converter reads (frozen, unlike a concrete function)."""
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    require_float32(model)
 
     def serve(image):
         class_ids, probs = _segment(model, image)
@@ -382,7 +410,9 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
 
     cfg.validate()
     t0 = time.time()
-    model, config, ckpt = load_trained_model(cfg.model_dir, cfg.checkpoint)
+    # float32 whatever --mixed_precision the run was trained with: the checkpoint holds
+    # float32 variables, and the exported signatures and TFLite models are float32 (uint8 in).
+    model, config, ckpt = load_trained_model(cfg.model_dir, cfg.checkpoint, mixed_precision="float32")
     name = cfg.model_name or os.path.basename(os.path.normpath(os.path.abspath(cfg.model_dir)))
     if not _NAME_RE.match(name):
         raise ValueError(f"the model_dir name {name!r} is not a usable model name; pass --model_name.")

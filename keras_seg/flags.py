@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from absl import flags
 
+from keras_seg.precision import HELP as MIXED_PRECISION_HELP
+from keras_seg.precision import PRECISIONS
 from keras_seg.registry import get_spec
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
@@ -54,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     jit_compile: bool = False
+    mixed_precision: str = "float32"
     data_shards: int = 0
     strategy: str = "auto"
     device: Optional[str] = None
@@ -96,6 +99,7 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
             (self.steps_per_run >= 0, "steps_per_run", ">= 0 (0: no limit)"),
             (self.steps_per_loop >= 1, "steps_per_loop", ">= 1"),
+            (self.mixed_precision in PRECISIONS, "mixed_precision", f"one of {PRECISIONS}"),
             (self.data_shards >= 0, "data_shards", ">= 0 (0: one per worker)"),
             (self.data_shards == 0 or self.batch_size % self.data_shards == 0, "data_shards",
              f"a divisor of --batch_size={self.batch_size}"),
@@ -151,6 +155,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", d["seed"].default, "Seed of initialisation, shuffling and augmentation.")
     flags.DEFINE_bool("deterministic", False, "Deterministic ops (tf.config.experimental.enable_op_determinism): a resumed run ends with the weights of an uninterrupted one. Slower on GPUs.")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA (one replica only: refused under a multi-device strategy). benchmarks/RESULTS.md measures when it helps.")
+    flags.DEFINE_enum("mixed_precision", d["mixed_precision"].default, PRECISIONS, MIXED_PRECISION_HELP + (
+        " float16 trains with dynamic loss scaling. Checkpoints do not depend on it: a run can be resumed or "
+        "evaluated under another precision, and export always writes float32 models."))
     flags.DEFINE_integer("data_shards", d["data_shards"].default, "Input shards of the training data (0: one per worker). A multiple of the worker count; fixing it makes the batches independent of the number of workers.")
     flags.DEFINE_enum("strategy", "auto", STRATEGIES, "auto: multi_worker if the cluster (--cluster) has several tasks, else mirrored over all local devices.")
     flags.DEFINE_string("device", None, "With --strategy=one_device: the device, e.g. /cpu:0 or /gpu:1.")
@@ -166,6 +173,7 @@ TRAIN_FLAGS = (
     "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
     "keep_checkpoints", "steps_per_run", "steps_per_loop", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
     "cluster", "cluster_port", "worker_timeout",
+    "mixed_precision",
 )
 
 
@@ -224,6 +232,7 @@ def config_from_flags(f) -> TrainConfig:
         keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, steps_per_loop=f.steps_per_loop, seed=f.seed,
         deterministic=f.deterministic, jit_compile=f.jit_compile, data_shards=f.data_shards, strategy=f.strategy, device=f.device,
         cluster=f.cluster, cluster_port=f.cluster_port, worker_timeout=f.worker_timeout,
+        mixed_precision=f.mixed_precision,
     )
     cfg.validate()
     return cfg

@@ -53,6 +53,7 @@ from keras_seg.distribute import (
 from keras_seg.flags import TrainConfig
 from keras_seg.losses import pixel_ce_sums
 from keras_seg.metrics import StreamingConfusionMatrixMetric, scores_from_confusion_matrix
+from keras_seg.precision import inner_optimizer, loss_scale_state, wrap_optimizer
 from keras_seg.registry import get_spec
 
 
@@ -80,7 +81,11 @@ class PolyWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD with momentum or AdamW, poly schedule with warm-up, decoupled weight decay."""
+    """SGD with momentum or AdamW, poly schedule with warm-up, decoupled weight decay.
+
+    With ``cfg.mixed_precision == "float16"`` it is wrapped in a
+    ``keras.optimizers.LossScaleOptimizer`` (:func:`keras_seg.precision.wrap_optimizer`).
+    """
     lr = PolyWithWarmup(cfg.learning_rate, cfg.train_steps, cfg.warmup_steps, cfg.poly_power)
     wd = cfg.weight_decay or None
     if cfg.optimizer == "sgd":
@@ -89,7 +94,7 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
         opt = keras.optimizers.AdamW(lr, beta_1=cfg.momentum, weight_decay=cfg.weight_decay)
     if wd:
         opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return opt
+    return wrap_optimizer(opt, cfg.mixed_precision)
 
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ignore_label: int,
@@ -305,24 +310,36 @@ class _Checkpoints:
 
     def __init__(self, cfg: TrainConfig, model: keras.Model, optimizer, chief: bool, index: int,
                  progress: _Progress, log: Callable[[str], None]):
-        self._model, self._optimizer = model, optimizer
+        # The inner optimizer of a LossScaleOptimizer, and its loss scale apart, so that the
+        # layout is the same under every --mixed_precision (keras_seg/precision.py).
+        self._model, self._optimizer = model, inner_optimizer(optimizer)
+        self._loss_scale = loss_scale_state(optimizer)
         self._rng = seed_generator_states(model)
         self.chief, self.progress, self.log = chief, progress, log
         self.latest_dir = os.path.join(cfg.model_dir, LATEST_DIR)
         self.best_dir = os.path.join(cfg.model_dir, BEST_DIR)
         self.tmp_dir = os.path.join(cfg.model_dir, f".tmp-worker-{index}")
-        self._ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=self._rng)
+        self._ckpt = tf.train.Checkpoint(model=model, optimizer=self._optimizer, rng=self._rng,
+                                         **({"loss_scale": self._loss_scale} if self._loss_scale else {}))
         self._best = tf.train.Checkpoint(model=model)
         self._keep = cfg.keep_checkpoints
         self._managers: Dict[str, tf.train.CheckpointManager] = {}
 
     def _for_restore(self, path: str) -> tf.train.Checkpoint:
-        """A fresh checkpoint object for ``path``; without the RNG state if ``path`` predates it."""
-        if self._rng and not any(name.startswith("rng/") for name, _ in tf.train.list_variables(path)):
+        """A fresh checkpoint object for ``path``; without the RNG state if ``path`` predates it.
+
+        The float16 loss scale is restored when ``path`` has one; a checkpoint of a float32 or
+        bfloat16 run has none, and the loss scale then starts at its initial value.
+        """
+        names = [name for name, _ in tf.train.list_variables(path)]
+        parts = {"model": self._model, "optimizer": self._optimizer}
+        if self._loss_scale and any(name.startswith("loss_scale/") for name in names):
+            parts["loss_scale"] = self._loss_scale
+        if self._rng and not any(name.startswith("rng/") for name in names):
             self.log(f"warning: {path} holds no dropout RNG state (written by an older keras_seg); the "
                      "dropout masks after this resume differ from those of an uninterrupted run.")
-            return tf.train.Checkpoint(model=self._model, optimizer=self._optimizer)
-        return tf.train.Checkpoint(model=self._model, optimizer=self._optimizer, rng=self._rng)
+            return tf.train.Checkpoint(**parts)
+        return tf.train.Checkpoint(**parts, rng=self._rng)
 
     def restore(self) -> Optional[str]:
         """Restores the newest readable checkpoint; the chief sets unreadable ones aside."""
@@ -418,6 +435,7 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         "class_names": class_names, "palette": manifest["palette"], "ignore_label": ignore_label,
         "dataset": manifest.get("dataset", ""), "data_dir": os.path.abspath(cfg.data_dir),
         "crop_size": list(cfg.crop_size), "train_split": cfg.train_split,
+        "mixed_precision": cfg.mixed_precision,
     }
     _check_writable(cfg.model_dir)  # every worker: the others write temporary checkpoints there
     strategy = strategy or make_strategy(cfg.strategy, cfg.device, cluster=cfg.cluster,
@@ -451,10 +469,18 @@ def _from_input_pipeline(error: tf.errors.OpError) -> bool:
     return isinstance(error, tf.errors.DataLossError) or "IteratorGetNext" in str(error)
 
 
+def _finite_on_every_replica(grads, ctx: tf.distribute.ReplicaContext) -> tf.Tensor:
+    """Whether every replica's gradients are all finite (a boolean scalar, the same on all)."""
+    local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(local, tf.float32))
+    return tf.equal(bad, 0.0)
+
+
 def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
                         num_classes: int, ignore_label: int, class_weights, aux_weights) -> Callable[..., tf.Tensor]:
     """``step_on_batch(images, labels, weights) -> global mean loss``: one replicated update."""
     aux_weights = list(aux_weights)
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, labels, weights):
         ctx = tf.distribute.get_replica_context()
@@ -469,8 +495,15 @@ def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimize
                 aux_total, _ = pixel_ce_sums(labels, out, num_classes=num_classes, ignore_label=ignore_label,
                                              class_weights=class_weights, pixel_weights=weights)
                 loss = loss + w * aux_total / global_count
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled_loss = optimizer.scale_loss(loss)  # the loss itself unless loss-scaled
+        grads = tape.gradient(scaled_loss, model.trainable_variables)
+        if loss_scaled:
+            finite = _finite_on_every_replica(grads, ctx)
+            nan_unless_finite = tf.where(finite, 0.0, float("nan"))
+            grads = [None if g is None else g + tf.cast(nan_unless_finite, g.dtype) for g in grads]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if loss_scaled:
+            optimizer.iterations.assign_add(tf.cast(tf.logical_not(finite), optimizer.iterations.dtype))
         return loss
 
     def step_on_batch(images, labels, weights):
@@ -490,6 +523,15 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
     the count of valid pixels), so the update does not depend on how the batch is split.
     Auxiliary outputs (``outputs[1:]``) add ``aux_weights[i]`` times their loss.
     :func:`make_train_loop` runs several of these steps per call.
+
+    With a ``keras.optimizers.LossScaleOptimizer`` (``--mixed_precision=float16``) the
+    gradients are taken of the scaled loss (``optimizer.scale_loss``) and the optimizer
+    unscales them; a step whose gradients are not finite on *any* replica is skipped on
+    every replica (the wrapper alone would look at the first replica's gradients only) and
+    halves the scale. A skipped step still counts in ``optimizer.iterations`` (the wrapper
+    would leave it alone), so the step count, the learning-rate schedule, the checkpoint
+    number and the data position of a resume agree with the loop's step. The returned loss
+    is the unscaled one.
 
     Args:
       model: built under ``strategy.scope()``.
@@ -576,7 +618,7 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
-        model = build_full_model(model_config)
+        model = build_full_model(model_config, mixed_precision=cfg.mixed_precision)
         optimizer = make_optimizer(cfg)
         optimizer.build(model.trainable_variables)
     aux_weights = list(get_spec(cfg.model).aux_weights.values())

@@ -32,6 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from keras_seg.precision import HELP as MIXED_PRECISION_HELP  # noqa: E402
+from keras_seg.precision import PRECISIONS  # noqa: E402
+
 FLAGS = flags.FLAGS
 SECTIONS = ("ceiling", "models", "realsize", "pipeline")
 ORDER = ("header", "decisions", "ceiling", "models", "realsize", "pipeline", "pipeline-options", "pytorch")
@@ -54,6 +57,9 @@ flags.DEFINE_float("learning_rate", 1e-4, "SGD (momentum 0.9) learning rate of e
                    "another rate; 1e-4 keeps every registered model finite from random weights (RefineNet "
                    "diverges at 0.01 at 256x256).")
 flags.DEFINE_list("skip", [], "Phases to leave out: flops, xla, saved_model, tflite, train.")
+flags.DEFINE_enum("mixed_precision", "float32", PRECISIONS, MIXED_PRECISION_HELP + (
+    " Applies to the tf.function / XLA inference and the training methods; the SavedModel and TFLite rows "
+    "export float32, as keras_seg.export does. --resume reuses only results of the same precision."))
 flags.DEFINE_list("sections", list(SECTIONS), f"Parts to run: {', '.join(SECTIONS)}.")
 flags.DEFINE_bool("quick", False, f"Smoke run in under 10 minutes on 2 cores: {QUICK} unless set explicitly.")
 flags.DEFINE_integer("realsize_rounds", 1, "Rounds of the realsize section (each config before/after, alternating).")
@@ -122,7 +128,8 @@ def _spec(name: str, opts: dict, workdir: str) -> dict:
             "infer_batch": FLAGS.infer_batch, "train_batch": FLAGS.train_batch, "tiny": FLAGS.tiny,
             "iters": opts["iters"], "rounds": opts["rounds"], "steps_per_round": opts["steps_per_round"],
             "calibration": opts["calibration"], "skip": list(FLAGS.skip),
-            "learning_rate": FLAGS.learning_rate, "workdir": os.path.join(workdir, name)}
+            "learning_rate": FLAGS.learning_rate, "workdir": os.path.join(workdir, name),
+            "mixed_precision": FLAGS.mixed_precision}
 
 
 def run_models(opts: dict, workdir: str, log, previous: Optional[dict] = None,
@@ -217,7 +224,8 @@ def models_section(results: list, opts: dict, ceiling: float) -> str:
     return "\n".join([
         f"## Models at {size}{' (tiny options)' if FLAGS.tiny else ''}", "",
         f"Inference batch {FLAGS.infer_batch} (TFLite: 1), training batch {FLAGS.train_batch}, "
-        f"{FLAGS.num_classes} classes, random weights, SGD momentum 0.9 at "
+        f"{FLAGS.num_classes} classes, random weights, compute precision {FLAGS.mixed_precision}"
+        f"{'' if FLAGS.mixed_precision == 'float32' else ' (SavedModel and TFLite: float32)'}, SGD momentum 0.9 at "
         f"{tables.learning_rates(results, FLAGS.learning_rate)}. Medians of {opts['iters']} inference calls after a "
         f"warm-up call, and of {opts['rounds'] * opts['steps_per_round']} training steps per method "
         f"({opts['rounds']} alternating rounds of {opts['steps_per_round']}, after one untimed step each). "

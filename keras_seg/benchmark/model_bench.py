@@ -17,6 +17,11 @@ Phases, in order (each records its error instead of ending the run):
    ``MirroredStrategy``), the same with XLA, and ``model.fit`` compiled with Keras's defaults
    (``jit_compile="auto"``, which is XLA on TensorFlow), same model, optimizer and data,
    timed alternately, with the peak RSS of our loop.
+
+``mixed_precision`` (``bfloat16`` or ``float16``, :mod:`keras_seg.precision`) builds the model
+under that Keras dtype policy for the ``tf.function`` / XLA inference and every training
+method (float16 trains with a ``LossScaleOptimizer``); the SavedModel and TFLite phases export
+a float32 copy with the same weights, as :mod:`keras_seg.export` does for a mixed-precision run.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class BenchSpec:
       learning_rate: of the SGD (momentum 0.9) every training method uses. Step time does not
         depend on it while the loss stays finite; a non-finite loss fails that method.
       workdir: where exports go (removed by the parent).
+      mixed_precision: ``float32``, ``bfloat16`` or ``float16``: the compute precision of the
+        inference and training phases (:mod:`keras_seg.precision`).
     """
 
     model: str
@@ -74,6 +81,7 @@ class BenchSpec:
     skip: List[str] = dataclasses.field(default_factory=list)
     learning_rate: float = 1e-4
     workdir: str = ""
+    mixed_precision: str = "float32"
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -86,6 +94,9 @@ class BenchSpec:
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
             raise ValueError(f"learning_rate must be a finite number > 0. Received: learning_rate={lr!r}")
+        from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
+
+        check_precision(self.mixed_precision)
         unknown = sorted(set(self.skip) - set(SKIPPABLE))
         if unknown:
             raise ValueError(f"unknown phases to skip {unknown}; choose from {list(SKIPPABLE)}")
@@ -146,6 +157,7 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
 
     import keras_seg  # pylint: disable=import-outside-toplevel
     from keras_seg.benchmark import flops as flops_lib  # pylint: disable=import-outside-toplevel
+    from keras_seg.precision import precision_scope, wrap_optimizer  # pylint: disable=import-outside-toplevel
     from keras_seg.benchmark.timing import (  # pylint: disable=import-outside-toplevel
         Timing,
         peak_rss_mb,
@@ -162,7 +174,7 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.MirroredStrategy()
     t0 = time.perf_counter()
-    with strategy.scope():
+    with strategy.scope(), precision_scope(spec.mixed_precision):
         model = keras_seg.build_model(name, c, input_shape=(h, w, 3), **options)
     result["params"] = int(model.count_params())
     result["build_s"] = time.perf_counter() - t0
@@ -193,10 +205,15 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
     result["rss_mb"]["infer"] = peak_rss_mb()
 
     workdir = spec.workdir or tempfile.mkdtemp(prefix=f"bench_{name}_")
+    exported = model
+    if spec.mixed_precision != "float32" and not {"saved_model", "tflite"} <= set(spec.skip):
+        with precision_scope("float32"):  # exports are float32 whatever the training precision
+            exported = keras_seg.build_model(name, c, input_shape=(h, w, 3), **options)
+        exported.set_weights(model.get_weights())
     if "saved_model" not in spec.skip:
-        _guard(result, "saved_model", name, lambda: _saved_model(spec, model, x_u8, workdir, result))
+        _guard(result, "saved_model", name, lambda: _saved_model(spec, exported, x_u8, workdir, result))
     if "tflite" not in spec.skip:
-        _guard(result, "tflite", name, lambda: _tflite(spec, model, workdir, result, usable_cpus()))
+        _guard(result, "tflite", name, lambda: _tflite(spec, exported, workdir, result, usable_cpus()))
 
     if "train" in spec.skip:
         return result
@@ -209,7 +226,7 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
 
     reset_peak_rss()
     with strategy.scope():
-        optimizer = keras.optimizers.SGD(spec.learning_rate, momentum=0.9)
+        optimizer = wrap_optimizer(keras.optimizers.SGD(spec.learning_rate, momentum=0.9), spec.mixed_precision)
         optimizer.build(model.trainable_variables)
     dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((xb, yb, wb)).repeat())
     iterator = iter(dist)
@@ -236,7 +253,9 @@ def run(spec: BenchSpec) -> Dict[str, Any]:
 
     def fit_setup():
         keras.utils.set_random_seed(0)
-        twin = keras_seg.build_model(name, c, input_shape=(h, w, 3), **options)
+        with precision_scope(spec.mixed_precision):
+            twin = keras_seg.build_model(name, c, input_shape=(h, w, 3), **options)
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer itself.
         twin.compile(optimizer=keras.optimizers.SGD(spec.learning_rate, momentum=0.9), loss=WeightedPixelCrossEntropy(c))
         data = tf.data.Dataset.from_tensors((xb, yb)).repeat()
         timer = FitStepTimer()

@@ -114,10 +114,14 @@ def write_sections(path: str, sections: Mapping[str, str], order: Sequence[str] 
 _NOT_COMPARED = ("workdir", "learning_rate")
 
 
+# Settings added later, with the value that results written before them were measured at.
+_DEFAULTS = {"mixed_precision": "float32"}
+
+
 def same_settings(a: dict, b: dict) -> bool:
     """Whether two model specs measure the same thing (``_NOT_COMPARED`` left out)."""
     def keep(d):
-        return {k: v for k, v in d.items() if k not in _NOT_COMPARED}
+        return {k: v for k, v in {**_DEFAULTS, **d}.items() if k not in _NOT_COMPARED}
     return keep(a) == keep(b)
 
 

@@ -664,13 +664,17 @@ class LocalResponseNorm(keras.layers.Layer):
         self.local_size, self.alpha, self.beta, self.k = local_size, float(alpha), float(beta), float(k)
 
     def call(self, x):
-        return tf.nn.local_response_normalization(
-            x,
+        # TF's CPU kernel of LRN (and of its gradient) takes float32 and float16 but not
+        # bfloat16, so under mixed precision the normalisation runs in float32 and the result
+        # goes back to the compute dtype.
+        y = tf.nn.local_response_normalization(
+            tf.cast(x, tf.float32),
             depth_radius=(self.local_size - 1) // 2,
             bias=self.k,
             alpha=self.alpha / self.local_size,
             beta=self.beta,
         )
+        return tf.cast(y, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
