@@ -49,7 +49,8 @@ def test_demo_config_runs_in_a_child_under_both_variants(tmp_path):
         assert res["user_s_per_step"] > 0 and res["config"]["batch_size"] == 16
     assert results["before"]["allocator"] == "system" and results["before"]["config"]["steps_per_loop"] == 1
     assert results["after"]["allocator"] == "tuned" and results["after"]["config"]["steps_per_loop"] == 10
+    assert results["after"]["config"]["jit_compile"] is False and results["after_xla"]["config"]["jit_compile"] is True
     section = realsize.realsize_section({"cases": [vars(case)], "rounds": 1,
                                          "runs": {case.config: {v: [r] for v, r in results.items()}}})
     assert "| `configs/unet.cfg` | before | unet | 64x64 | 16 |" in section
-    assert section.count("| `configs/unet.cfg` |") == 3  # two variant rows and the ratio row
+    assert section.count("| `configs/unet.cfg` |") == 4  # three variant rows and the ratio row

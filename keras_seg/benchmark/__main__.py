@@ -302,7 +302,8 @@ def main(argv):
             sections["ceiling"], ceiling = ceiling_section(ceilings)
             if partial_results:
                 sections["models"] = models_section(partial_results, opts, ceiling)
-        sections["header"] = header()
+        if "models" in FLAGS.sections or not (results_path and os.path.isfile(results_path)):
+            sections["header"] = header()  # the header describes the models table's run
         if results_path:
             report.write_sections(results_path, sections, order=ORDER)
 

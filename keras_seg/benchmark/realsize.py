@@ -13,7 +13,8 @@ variants alternate within each round:
 
 * ``before``: what training did before issue 13: ``KERAS_SEG_ALLOCATOR=system`` (glibc's
   defaults), ``--steps_per_loop=1`` and ``--nojit_compile``;
-* ``after``: the config as shipped, with today's defaults.
+* ``after``: the config as shipped, with today's defaults;
+* ``after_xla``: the same with ``--jit_compile`` (XLA), to choose it per config.
 
 Each child samples wall time and ``resource.getrusage`` (user and system CPU seconds of all
 its threads, minor page faults) at every progress line; the first window (tracing, the
@@ -67,6 +68,7 @@ CASES = (
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "before": {"env": {"KERAS_SEG_ALLOCATOR": "system"}, "flags": ["--steps_per_loop=1", "--nojit_compile"]},
     "after": {"env": {}, "flags": []},
+    "after_xla": {"env": {}, "flags": ["--jit_compile"]},
 }
 
 
@@ -155,7 +157,7 @@ def run_case(case: Case, variant: str, data_dir: str, workdir: str, log: Callabl
            f"--log_every={case.log_every}", "--eval_split=", f"--checkpoint_every={steps}", "--keep_checkpoints=1",
            "--warmup_steps=0", f"--output={output}", *VARIANTS[variant]["flags"]]
     env = dict(os.environ, **VARIANTS[variant]["env"])
-    if variant != "before":
+    if "KERAS_SEG_ALLOCATOR" not in VARIANTS[variant]["env"]:
         env.pop("KERAS_SEG_ALLOCATOR", None)
     log(f"realsize: {tag}: {steps} steps")
     started = time.time()
@@ -180,6 +182,7 @@ def run_realsize(workdir: str, log: Callable[[str], None], rounds: int = 1,
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1. Received: rounds={rounds}")
+    started = (time.strftime("%Y-%m-%d %H:%M"), " ".join(f"{v:.2f}" for v in os.getloadavg()))
     data = make_datasets(os.path.join(workdir, "data"), log)
     runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {c.config: {v: [] for v in VARIANTS} for c in cases}
     for r in range(rounds):
@@ -188,7 +191,17 @@ def run_realsize(workdir: str, log: Callable[[str], None], rounds: int = 1,
             for variant in order:
                 runs[case.config][variant].append(
                     run_case(case, variant, data[case.dataset], os.path.join(workdir, f"round{r}"), log))
-    return {"cases": [dataclasses.asdict(c) for c in cases], "rounds": rounds, "runs": runs}
+    return {"cases": [dataclasses.asdict(c) for c in cases], "rounds": rounds, "runs": runs,
+            "machine": _machine_line(started)}
+
+
+def _machine_line(started) -> str:
+    from keras_seg.benchmark.timing import cpu_flags, cpu_model, usable_cpus  # pylint: disable=import-outside-toplevel
+
+    isa = [f for f in ("avx512_bf16", "avx512f", "avx2") if f in cpu_flags()]
+    load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{cpu_model()}, {usable_cpus()} usable CPUs, {isa[0] if isa else 'no AVX2'}; started {started[0]}, "
+            f"load average {started[1]} at the start and {load_end} at the end")
 
 
 def _median(values: Sequence[float]) -> Optional[float]:
@@ -222,9 +235,11 @@ def realsize_section(raw: Dict[str, Any]) -> str:
                          fmt(med["minflt_per_step"], ".0f")])
         if "before" in per_variant and "after" in per_variant:
             b, a = per_variant["before"], per_variant["after"]
+            x = per_variant.get("after_xla", {})
             ratio_rows.append([f"`{case['config']}`", ratio(a["images_per_s"], b["images_per_s"]),
                                ratio(b["user_s_per_step"], a["user_s_per_step"]),
-                               ratio(b["sys_s_per_step"], a["sys_s_per_step"])])
+                               ratio(b["sys_s_per_step"], a["sys_s_per_step"]),
+                               ratio(x.get("images_per_s"), a["images_per_s"])])
     headers = ["config", "variant", "model", "crop", "batch", "img/s", "user s/step", "sys s/step", "sys % of user",
                "minor faults/step"]
     return "\n".join([
@@ -232,12 +247,14 @@ def realsize_section(raw: Dict[str, Any]) -> str:
         "`python -m keras_seg.benchmark --sections=realsize`: the real trainer (`keras_seg.training.train`) "
         "on CamVid-like synthetic 360x480 data (and the demo's shapes), one process per config and variant, "
         f"{raw['rounds']} round(s), variants alternating. `before`: `KERAS_SEG_ALLOCATOR=system --steps_per_loop=1 "
-        "--nojit_compile`; `after`: the shipped config with today's defaults. Per-step figures exclude the "
-        "first window (tracing); CPU times are `getrusage` of the whole process (all threads). Medians over rounds.",
-        "",
+        "--nojit_compile`; `after`: the shipped config with today's defaults; `after_xla`: that with "
+        "`--jit_compile`. Per-step figures exclude the first window (tracing); CPU times are `getrusage` of the "
+        "whole process (all threads). Medians over rounds.", "",
+        f"Machine: {raw.get('machine', 'not recorded')}.", "",
         markdown_table(headers, rows, align="lllllrrrrr"), "",
         "after / before (higher is better for every column):", "",
-        markdown_table(["config", "img/s", "user CPU per step", "sys CPU per step"], ratio_rows, align="lrrr"),
+        markdown_table(["config", "img/s", "user CPU per step", "sys CPU per step", "img/s with XLA / without"],
+                       ratio_rows, align="lrrrr"),
     ])
 
 
