@@ -277,6 +277,13 @@ def main(argv):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
     sections, raw = {}, {"machine": info, "options": opts}
+    if "models" not in FLAGS.sections and json_path and os.path.isfile(json_path):
+        # A run of other sections keeps the models table's raw timings, machine and options.
+        try:
+            raw = dict(json.load(open(json_path, encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            print(f"error: {json_path} is not a results JSON ({e}); pass another --json.", file=sys.stderr)
+            sys.exit(1)
     ceilings = [c if c.get("when", "").startswith("earlier") else dict(c, when=f"earlier run, {c.get('when', '')}")
                 for c in previous["ceiling"]]
     if "ceiling" in FLAGS.sections or "models" in FLAGS.sections:
@@ -292,7 +299,8 @@ def main(argv):
         ])
 
     def write(partial_results: list) -> None:
-        raw["models"], raw["ceiling"] = partial_results, ceilings
+        if "models" in FLAGS.sections or "ceiling" in FLAGS.sections or "models" not in raw:
+            raw["models"], raw["ceiling"] = partial_results, ceilings
         if json_path:
             from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
 

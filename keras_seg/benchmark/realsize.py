@@ -12,7 +12,8 @@ allocator setting of ``keras_seg._alloc`` (read at import) differs between them.
 variants alternate within each round:
 
 * ``before``: what training did before issue 13: ``KERAS_SEG_ALLOCATOR=system`` (glibc's
-  defaults), ``--steps_per_loop=1`` and ``--nojit_compile``;
+  defaults), ``KERAS_SEG_FUSED_BATCH_NORM=0`` (Keras 3's composite batch norm),
+  ``--steps_per_loop=1`` and ``--nojit_compile``;
 * ``after``: the config as shipped, with today's defaults;
 * ``after_xla``: the same with ``--jit_compile`` (XLA), to choose it per config.
 
@@ -66,7 +67,8 @@ CASES = (
 )
 #: Environment and extra flags of each variant.
 VARIANTS: Dict[str, Dict[str, Any]] = {
-    "before": {"env": {"KERAS_SEG_ALLOCATOR": "system"}, "flags": ["--steps_per_loop=1", "--nojit_compile"]},
+    "before": {"env": {"KERAS_SEG_ALLOCATOR": "system", "KERAS_SEG_FUSED_BATCH_NORM": "0"},
+               "flags": ["--steps_per_loop=1", "--nojit_compile"]},
     "after": {"env": {}, "flags": []},
     "after_xla": {"env": {}, "flags": ["--jit_compile"]},
 }
@@ -157,8 +159,9 @@ def run_case(case: Case, variant: str, data_dir: str, workdir: str, log: Callabl
            f"--log_every={case.log_every}", "--eval_split=", f"--checkpoint_every={steps}", "--keep_checkpoints=1",
            "--warmup_steps=0", f"--output={output}", *VARIANTS[variant]["flags"]]
     env = dict(os.environ, **VARIANTS[variant]["env"])
-    if "KERAS_SEG_ALLOCATOR" not in VARIANTS[variant]["env"]:
-        env.pop("KERAS_SEG_ALLOCATOR", None)
+    for name in ("KERAS_SEG_ALLOCATOR", "KERAS_SEG_FUSED_BATCH_NORM"):
+        if name not in VARIANTS[variant]["env"]:
+            env.pop(name, None)
     log(f"realsize: {tag}: {steps} steps")
     started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -246,8 +249,8 @@ def realsize_section(raw: Dict[str, Any]) -> str:
         "## Training at real sizes (each config's crop and batch)", "",
         "`python -m keras_seg.benchmark --sections=realsize`: the real trainer (`keras_seg.training.train`) "
         "on CamVid-like synthetic 360x480 data (and the demo's shapes), one process per config and variant, "
-        f"{raw['rounds']} round(s), variants alternating. `before`: `KERAS_SEG_ALLOCATOR=system --steps_per_loop=1 "
-        "--nojit_compile`; `after`: the shipped config with today's defaults; `after_xla`: that with "
+        f"{raw['rounds']} round(s), variants alternating. `before`: `KERAS_SEG_ALLOCATOR=system "
+        "KERAS_SEG_FUSED_BATCH_NORM=0 --steps_per_loop=1 --nojit_compile`; `after`: the shipped config with today's defaults; `after_xla`: that with "
         "`--jit_compile`. Per-step figures exclude the first window (tracing); CPU times are `getrusage` of the "
         "whole process (all threads). Medians over rounds.", "",
         f"Machine: {raw.get('machine', 'not recorded')}.", "",

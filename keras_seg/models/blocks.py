@@ -6,6 +6,7 @@ every model saves and loads as a ``.keras`` file without ``custom_objects``.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence, Tuple
 
 import keras
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 _PKG = "keras_seg"
+#: Environment variable: ``0`` makes :class:`BatchNorm` train with Keras's composite ops.
+FUSED_BATCH_NORM_ENV = "KERAS_SEG_FUSED_BATCH_NORM"
 
 
 def check_common_args(num_classes, input_shape, weights=None, min_size: int = 1) -> None:
@@ -92,9 +95,13 @@ class BatchNorm(keras.layers.BatchNormalization):
     variance, as the parent does. Everything else (inference, several synchronized
     replicas, masks, renorm, other axes or ranks) is the parent's code. Weights, names and
     config are the parent's, so checkpoints and weight files load either way.
+    ``KERAS_SEG_FUSED_BATCH_NORM=0`` in the environment (read when a model is traced) turns
+    the fused path off.
     """
 
     def _fused_applies(self, inputs, training, mask) -> bool:
+        if os.environ.get(FUSED_BATCH_NORM_ENV, "1") == "0":
+            return False
         if not (training and self.trainable) or mask is not None or self.renorm:
             return False
         if len(inputs.shape) != 4 or self.axis not in (3, -1):
