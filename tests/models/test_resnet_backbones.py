@@ -66,7 +66,10 @@ def _graph(model):
             cfg["axis"] = 3
         values = tuple(cfg.get(k) for k in _COMPARED)
         sources = tuple("input" if n in inputs else n for n in _sources(layer["inbound_nodes"]))
-        graph[layer["name"]] = (layer["class_name"], values, sources)
+        # keras_seg's BatchNorm is BatchNormalization with a fused training kernel (same math,
+        # tests/models/test_batch_norm.py); everything else must be the same class.
+        cls = "BatchNormalization" if layer["class_name"] == "BatchNorm" else layer["class_name"]
+        graph[layer["name"]] = (cls, values, sources)
     return graph
 
 
