@@ -20,7 +20,7 @@ calibrated on ``--calibration`` random images, as the benchmark does), then
 With ``--detail`` every node of both models is timed alone and a second table gives, per
 model, the op types whose int8 nodes take longer than their fp32 twins (delegated or not).
 The table goes to stdout and to the ``int8-ops`` section of ``--results`` ('': print only);
-raw numbers to ``--json`` (default: beside ``--results``, ``int8_ops.json``).
+raw numbers (every timed node) to ``--json`` (default: beside ``--results``, ``int8_ops.json``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def measure(name: str, size: int, threads: int, rounds: int, iters: int, calibra
     result = {"model": name, "size": size, "threads": threads, "fp32_ms": fp32_ms, "int8_ms": int8_ms}
     for kind in ("int8", "fp32") if detail else ("int8",):
         nodes, partitions = litert_ops.profile_ops(blobs[kind], x, threads, iters, only_undelegated=not detail)
-        result[kind] = {"partitions": partitions, "nodes": [vars(n) for n in nodes]}
+        result[kind] = {"partitions": partitions, "node_count": len(nodes),
+                        "delegated_count": sum(n.delegated for n in nodes),
+                        "nodes": [vars(n) for n in nodes if n.ms is not None]}  # the timed ones
     return result
 
 
