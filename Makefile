@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -
 DEMO := .demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench bench-quick bench-torch clean
+.PHONY: install test test-slow demo bench bench-quick bench-torch bench-int8 clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-quick: $(STAMP)
 bench-torch: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-torch]'
 	$(BIN)/python benchmarks/compare_torch.py
+
+# TFLite int8 against fp32, op by op (the int8-ops section of benchmarks/RESULTS.md):
+# every model at 256x256, 24 min on 2 shared (loaded) AVX-512 cores.
+bench-int8: $(STAMP)
+	$(BIN)/python benchmarks/int8_ops.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info

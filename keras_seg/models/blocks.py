@@ -490,13 +490,18 @@ def aspp(x, filters: int = 256, rates: Sequence[int] = (6, 12, 18), *, image_poo
 # Flex delegate, so a model using it cannot run on device. These layers use one exact
 # formulation, made only of TFLite builtins, for training, Keras inference and TFLite alike:
 #
-#   windows = reshape(space_to_depth(x, p), (B, H/p, W/p, p*p, C))
-#       slot k = dy * p + dx of a window holds x[p*i + dy, p*j + dx] (row-major window order)
+#   slot_k  = split(space_to_depth(x, p), p*p, axis=-1)[k]      k = dy * p + dx
+#       slot_k[i, j] = x[p*i + dy, p*j + dx] (row-major window order)
 #   pooled  = max_pool(x, p, stride p)
 #       max returns one of its inputs, so some slot of every window equals it bit for bit
-#   k*      = min{k : windows[..., k, :] == pooled}      (first maximum in row-major order)
-#           = reduce_min(k + p*p * (1 - [windows == pooled]))
+#   k*      = min{k : slot_k == pooled}                     (first maximum in row-major order)
 #   index   = ((p*i + k* // p) * W + (p*j + k* % p)) * C + c
+#           = start_k*(i) + p*j*C + c,    start_k(i) = p*i*W*C + ((k // p) * W + k % p) * C
+#
+# start_k*(i) is picked by p*p - 1 selects, from the last slot to the first so the first
+# match wins. Every tensor stays 4-D: TFLite's EQUAL broadcasts only up to 4-D, and the
+# earlier 5-D formulation (windows == pooled[:, :, :, None, :]) converted to a BROADCAST_TO
+# that took 18% of ENet's fp32 TFLite time (benchmarks/int8_ops.py).
 #
 # ``index`` is the convention of ``tf.nn.max_pool_with_argmax(include_batch_in_index=False)``
 # (flat position in the image's (H, W, C) tensor), with ties broken by the first maximum in
@@ -554,16 +559,25 @@ class MaxPoolingWithArgmax2D(keras.layers.Layer):
             ]
         ):
             x = tf.identity(x)
-        batch, height, width, channels = shape[0], shape[1] // p, shape[2] // p, shape[3]
+        width, channels = shape[2], shape[3]
         pooled = tf.nn.max_pool2d(x, p, p, "VALID")
-        windows = tf.reshape(tf.nn.space_to_depth(x, p), [batch, height, width, p * p, channels])
-        is_max = tf.cast(tf.equal(windows, pooled[:, :, :, None, :]), tf.int32)
-        slot = tf.range(p * p, dtype=tf.int32)[:, None]
+        slots = tf.split(tf.nn.space_to_depth(x, p), p * p, axis=-1) if p > 1 else [x]
+
+        # Flat index of each window's slot k: its row term (h, 1, 1) plus offset(k) goes into
+        # the selects, the column and channel term (1, w, C) is added last. A sum of the two
+        # constant terms would fold, in a fixed-size TFLite graph, into a constant as large
+        # as the indices (4 MB for a 256x256x64 input).
+        rows = tf.range(shape[1] // p)[:, None, None] * (p * width * channels)
+        cols = tf.range(shape[2] // p)[None, :, None] * (p * channels) + tf.range(channels)[None, None, :]
+
+        def start(k):
+            return rows + ((k // p) * width + k % p) * channels
+
         # First maximal slot; a window without a match (only possible for NaN) gets p*p - 1.
-        first = tf.minimum(tf.reduce_min(slot + p * p * (1 - is_max), axis=3), p * p - 1)
-        rows = tf.range(height)[:, None, None] * p + first // p
-        cols = tf.range(width)[None, :, None] * p + first % p
-        indices = (rows * shape[2] + cols) * channels + tf.range(channels)[None, None, :]
+        first = start(p * p - 1) if p > 1 else start(0) + tf.zeros_like(pooled, tf.int32)
+        for k in range(p * p - 2, -1, -1):
+            first = tf.where(tf.equal(slots[k], pooled), start(k), first)
+        indices = first + cols
         return pooled, indices
 
     def _pooled_shape(self, input_shape):
@@ -623,14 +637,10 @@ class MaxUnpooling2D(keras.layers.Layer):
             out_h, out_w = shape[1] * self.pool_size, shape[2] * self.pool_size
         else:
             out_h, out_w = tf.shape(ref)[1], tf.shape(ref)[2]
-        n = shape[1] * shape[2] * channels
-        flat = tf.reshape(tf.cast(indices, tf.int32), [batch, n, 1])
-        image = tf.broadcast_to(tf.reshape(tf.range(batch), [batch, 1, 1]), [batch, n, 1])
-        out = tf.scatter_nd(
-            tf.concat([image, flat], axis=2),
-            tf.reshape(x, [batch, n]),
-            tf.stack([batch, out_h * out_w * channels]),
-        )
+        size = out_h * out_w * channels
+        # Positions in the whole batch's flat (B * H * W * C) output: image b starts at b * size.
+        flat = tf.reshape(tf.cast(indices, tf.int32), [batch, -1]) + tf.range(batch)[:, None] * size
+        out = tf.scatter_nd(tf.reshape(flat, [-1, 1]), tf.reshape(x, [-1]), tf.reshape(batch * size, [1]))
         return tf.reshape(out, [batch, out_h, out_w, channels])
 
     def compute_output_shape(self, x_shape, indices_shape, ref_shape=None):

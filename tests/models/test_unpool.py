@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_seg.benchmark.litert_ops import delegation
 from keras_seg.models.blocks import LocalResponseNorm, MaxPoolingWithArgmax2D, MaxUnpooling2D
 from tests.tflite_utils import convert_builtin_only, run_tflite
 
@@ -78,6 +79,61 @@ def test_indices_match_tf_max_pool_with_argmax():
     np.testing.assert_array_equal(
         MaxUnpooling2D()(pooled, tf_index).numpy(), MaxUnpooling2D()(pooled, index).numpy()
     )
+
+
+def test_pool_size_one_is_the_identity():
+    x = np.random.default_rng(6).normal(size=(2, 3, 5, 4)).astype("float32")
+    pooled, index = MaxPoolingWithArgmax2D(1)(x)
+    np.testing.assert_array_equal(pooled.numpy(), x)
+    np.testing.assert_array_equal(index.numpy(), np_argmax_pool(x, 1)[1])
+    np.testing.assert_array_equal(index.numpy()[1].ravel(), np.arange(3 * 5 * 4))
+    np.testing.assert_array_equal(MaxUnpooling2D(1)(pooled, index).numpy(), x)
+
+
+def _indices_5d(x, p):
+    """The indices of the layer's earlier formulation: one 5-D comparison of every window slot
+    with the max, and the first maximal slot by a reduce_min (it converted to a BROADCAST_TO)."""
+    shape = tf.shape(x)
+    batch, height, width, channels = shape[0], shape[1] // p, shape[2] // p, shape[3]
+    pooled = tf.nn.max_pool2d(x, p, p, "VALID")
+    windows = tf.reshape(tf.nn.space_to_depth(x, p), [batch, height, width, p * p, channels])
+    is_max = tf.cast(tf.equal(windows, pooled[:, :, :, None, :]), tf.int32)
+    slot = tf.range(p * p, dtype=tf.int32)[:, None]
+    first = tf.minimum(tf.reduce_min(slot + p * p * (1 - is_max), axis=3), p * p - 1)
+    rows = tf.range(height)[:, None, None] * p + first // p
+    cols = tf.range(width)[None, :, None] * p + first % p
+    return (rows * shape[2] + cols) * channels + tf.range(channels)[None, None, :]
+
+
+@pytest.mark.parametrize("pool_size", [2, 3])
+def test_indices_equal_the_earlier_formulation(pool_size):
+    p = pool_size
+    rng = np.random.default_rng(7)
+    x = _tied_input((2, 4 * p, 5 * p, 6), 8)
+    x[0] = rng.normal(size=x.shape[1:])
+    x[1, :p, :p, 2] = np.nan  # a window whose max may match no slot
+    x[1, p : 2 * p, :p, 3] = [[np.nan] + [1.0] * (p - 1)] + [[1.0] * p] * (p - 1)
+    dynamic = tf.function(MaxPoolingWithArgmax2D(p), input_signature=[tf.TensorSpec((None, None, None, 6))])
+    _, got = dynamic(x)
+    np.testing.assert_array_equal(got.numpy(), _indices_5d(x, p).numpy())
+    assert got.shape == (2, 4, 5, 6) and got.dtype == tf.int32
+
+
+def test_tflite_pool_and_unpool_stay_4d_without_large_constants():
+    inputs = keras.Input((64, 96, 16), name="image")
+    pooled, index = MaxPoolingWithArgmax2D(2, name="pool")(inputs)
+    outputs = MaxUnpooling2D(2, name="unpool")(keras.layers.Rescaling(2.0, name="scale")(pooled), index, inputs)
+    blob = convert_builtin_only(keras.Model(inputs, outputs), (1, 64, 96, 16))
+    ops = [n.op for n in delegation(blob)[0]]
+    # 5-D broadcasting converted to a BROADCAST_TO of every window slot (18% of ENet's fp32 time).
+    assert "BROADCAST_TO" not in ops and "CONCATENATION" not in ops, ops
+    assert ops.count("EQUAL") == 3 and ops.count("SCATTER_ND") == 1
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+
+    interp = Interpreter(model_content=blob)
+    assert max(len(t["shape"]) for t in interp.get_tensor_details()) <= 4
+    # No constant as large as the indices (32 x 48 x 16 int32 = 98 KB) was folded into the file.
+    assert len(blob) < 32 * 48 * 16 * 4 / 2
 
 
 def test_unpool_gradient_gathers_at_the_indices():
