@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --run_slow -m slow $(PYTEST_ARGS) tests
 
 # Prepare the built-in dataset, train U-Net, evaluate, predict, export (SavedModel + TFLite with a
-# parity report) and predict with the int8 TFLite model under LiteRT: ~5-8 min on 2 cores.
+# parity report) and predict with the int8 TFLite model under LiteRT (2000 training steps: README).
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/python -m data_prep.shapes --out $(DEMO)/shapes_raw
