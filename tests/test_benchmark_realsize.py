@@ -50,6 +50,9 @@ def test_demo_config_runs_in_a_child_under_both_variants(tmp_path):
     assert results["before"]["allocator"] == "system" and results["before"]["config"]["steps_per_loop"] == 1
     assert results["after"]["allocator"] == "tuned" and results["after"]["config"]["steps_per_loop"] == 10
     assert results["after"]["config"]["jit_compile"] is False and results["after_xla"]["config"]["jit_compile"] is True
+    # The same workdir again (an interrupted run's model_dir would otherwise resume and train nothing).
+    again = realsize.run_case(case, "after", str(tmp_path / "tfr"), str(tmp_path / "work"), log=lambda m: None)
+    assert "error" not in again and again["steps"] == 2
     section = realsize.realsize_section({"cases": [vars(case)], "rounds": 1,
                                          "runs": {case.config: {v: [r] for v, r in results.items()}}})
     assert "| `configs/unet.cfg` | before | unet | 64x64 | 16 |" in section

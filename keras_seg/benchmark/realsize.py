@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -154,6 +155,8 @@ def run_case(case: Case, variant: str, data_dir: str, workdir: str, log: Callabl
     tag = f"{os.path.splitext(os.path.basename(case.config))[0]}-{variant}"
     output, model_dir = os.path.join(workdir, f"{tag}.json"), os.path.join(workdir, tag)
     steps = case.log_every * (1 + case.windows)
+    # A model_dir left by an earlier, interrupted run would resume (and train nothing).
+    shutil.rmtree(model_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "keras_seg.benchmark.realsize", f"--flagfile={case.config}",
            f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--train_steps={steps}",
            f"--log_every={case.log_every}", "--eval_split=", f"--checkpoint_every={steps}", "--keep_checkpoints=1",
