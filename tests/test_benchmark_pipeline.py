@@ -95,7 +95,8 @@ def test_augment_numpy_pads_with_ignore_and_keeps_alignment():
     np.testing.assert_array_equal(lab[:10, :12], 3)
     assert (lab[10:] == 11).all() and (lab[:, 12:] == 11).all()
     np.testing.assert_array_equal(img[:10, :12], 200.0)
-    assert (img[10:] == 0).all() and (img[:, 12:] == 0).all()
+    np.testing.assert_array_equal(img[10:], np.broadcast_to(np.float32(cfg.pad_value), img[10:].shape))
+    np.testing.assert_array_equal(img[:, 12:], np.broadcast_to(np.float32(cfg.pad_value), img[:, 12:].shape))
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_train=0), dict(n_train=2.5), dict(n_train=True), dict(seed=-1)])

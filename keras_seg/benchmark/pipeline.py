@@ -340,12 +340,15 @@ def augment_numpy(image: Image.Image, label: Image.Image, rng: np.random.Generat
                   cfg: AugmentConfig) -> Tuple[np.ndarray, np.ndarray]:
     """``augment``'s semantics with PIL and NumPy: ``(image float32 [0, 255], label uint8)`` crops.
 
-    Random scale (PIL bilinear for the image, nearest for the label), padding at the
-    bottom/right (image 0, label ``ignore_label``) to the crop, random crop, flip and
-    photometric jitter. Padding and cropping are one step: the crop is cut from a canvas
-    that already holds the padding values.
+    Photometric jitter of the whole frame, random scale (PIL bilinear for the image, nearest
+    for the label), padding at the bottom/right (image ``cfg.pad_value``, label
+    ``ignore_label``) to the crop, random crop and flip. Padding and cropping are one step:
+    the crop is cut from a canvas that already holds the padding values.
     """
     crop_h, crop_w = cfg.crop_size
+    if cfg.photometric:
+        jittered = _photometric(np.asarray(image, np.float32) / np.float32(255.0), rng) * np.float32(255.0)
+        image = Image.fromarray(np.clip(np.round(jittered), 0, 255).astype(np.uint8))
     scale = rng.uniform(cfg.min_scale, cfg.max_scale)
     w, h = image.size
     new_w, new_h = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
@@ -353,15 +356,14 @@ def augment_numpy(image: Image.Image, label: Image.Image, rng: np.random.Generat
     lab = np.asarray(label.resize((new_w, new_h), Image.NEAREST))
     top = int(rng.integers(0, max(new_h, crop_h) - crop_h + 1))
     left = int(rng.integers(0, max(new_w, crop_w) - crop_w + 1))
-    img_crop = np.zeros((crop_h, crop_w, 3), np.float32)
+    img_crop = np.empty((crop_h, crop_w, 3), np.float32)
+    img_crop[...] = np.asarray(cfg.pad_value, np.float32)
     lab_crop = np.full((crop_h, crop_w), cfg.ignore_label, np.uint8)
     src = img[top:top + crop_h, left:left + crop_w]
     img_crop[: src.shape[0], : src.shape[1]] = src
     lab_crop[: src.shape[0], : src.shape[1]] = lab[top:top + crop_h, left:left + crop_w]
     if cfg.flip and rng.random() < 0.5:
         img_crop, lab_crop = img_crop[:, ::-1], lab_crop[:, ::-1]
-    if cfg.photometric:
-        img_crop = _photometric(img_crop / np.float32(255.0), rng) * np.float32(255.0)
     return img_crop, lab_crop
 
 

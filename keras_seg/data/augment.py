@@ -7,6 +7,12 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from keras_seg.data.preprocess import MEAN_RGB
+
+# The mean colour in [0, 255]: normalize_image maps it to 0, the value every inference path
+# (sliding windows, LiteRT padding) pads with, so padded training pixels look the same.
+MEAN_PIXEL = tuple(255.0 * m for m in MEAN_RGB)
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -18,6 +24,8 @@ class AugmentConfig:
       flip: random horizontal flips.
       photometric: random brightness, contrast and saturation jitter.
       ignore_label: label of padded pixels.
+      pad_value: RGB colour in [0, 255] of padded image pixels; the normalisation's mean colour,
+        which the network sees as 0, as at inference (DeepLab pads the same way).
     """
 
     crop_size: Tuple[int, int]
@@ -26,10 +34,14 @@ class AugmentConfig:
     flip: bool = True
     photometric: bool = True
     ignore_label: int = 255
+    pad_value: Tuple[float, float, float] = MEAN_PIXEL
 
 
 def augment(example, seed, cfg: AugmentConfig):
-    """Random scale, pad (label: ignore), random crop, flip and photometric jitter.
+    """Photometric jitter, random scale, pad (label: ignore), random crop and flip.
+
+    The jitter runs first, on the whole frame, so padding never enters its contrast mean,
+    and the padding (image: ``cfg.pad_value``, weight: 0) is never jittered.
 
     Image and label are transformed jointly; labels and weights are resized with nearest
     neighbour, images bilinearly. ``seed`` is a shape-[2] int tensor; the same seed always
@@ -48,6 +60,12 @@ def augment(example, seed, cfg: AugmentConfig):
     image = tf.cast(example["image"], tf.float32)
     label, weight = example["label"], example["weight"]
     crop_h, crop_w = cfg.crop_size
+    if cfg.photometric:
+        x = image / 255.0
+        x = tf.image.stateless_random_brightness(x, 0.125, seeds[4])
+        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[5])
+        x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[6])
+        image = tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.random.stateless_uniform([], seeds[0], cfg.min_scale, cfg.max_scale)
@@ -59,7 +77,8 @@ def augment(example, seed, cfg: AugmentConfig):
     pad_h = tf.maximum(crop_h - new_hw[0], 0)
     pad_w = tf.maximum(crop_w - new_hw[1], 0)
     paddings = [[0, pad_h], [0, pad_w], [0, 0]]
-    image = tf.pad(image, paddings)
+    image = tf.concat([tf.pad(image[..., c : c + 1], paddings, constant_values=cfg.pad_value[c])
+                       for c in range(3)], axis=-1)
     label = tf.pad(label, paddings, constant_values=cfg.ignore_label)
     weight = tf.pad(weight, paddings)
 
@@ -77,12 +96,6 @@ def augment(example, seed, cfg: AugmentConfig):
             lambda: (tf.reverse(image, [1]), tf.reverse(label, [1]), tf.reverse(weight, [1])),
             lambda: (image, label, weight),
         )
-    if cfg.photometric:
-        x = image / 255.0
-        x = tf.image.stateless_random_brightness(x, 0.125, seeds[4])
-        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[5])
-        x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[6])
-        image = tf.clip_by_value(x, 0.0, 1.0) * 255.0
     image = tf.ensure_shape(image, [crop_h, crop_w, 3])
     label = tf.ensure_shape(label, [crop_h, crop_w, 1])
     weight = tf.ensure_shape(weight, [crop_h, crop_w, 1])

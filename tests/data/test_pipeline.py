@@ -89,3 +89,23 @@ def test_missing_manifest_and_unknown_split(tmp_path, dataset_dir):
         make_dataset(DataConfig(str(tmp_path), "train", 1, False))
     with pytest.raises(ManifestError, match="Split 'test' is not in"):
         make_dataset(DataConfig(dataset_dir, "test", 1, False))
+
+
+def test_augment_pads_images_with_the_mean_colour_after_the_jitter():
+    # Padding must look like inference's padding (the mean colour, which normalises to 0), and the
+    # photometric jitter must run before it: jittered padding would no longer be the mean colour.
+    from keras_seg.data.augment import MEAN_PIXEL
+
+    rng = np.random.default_rng(0)
+    ex = {"image": tf.constant(rng.integers(0, 256, (6, 8, 3)), tf.uint8),
+          "label": tf.zeros((6, 8, 1), tf.uint8), "weight": tf.ones((6, 8, 1))}
+    cfg = AugmentConfig(crop_size=(10, 12), min_scale=1.0, max_scale=1.0, flip=False, photometric=True,
+                        ignore_label=255)
+    for s in range(4):
+        out = augment(ex, tf.constant([s, 3], tf.int64), cfg)
+        img, lab = out["image"].numpy(), out["label"].numpy()[..., 0]
+        padded = lab == 255
+        assert padded.sum() == 10 * 12 - 6 * 8
+        np.testing.assert_allclose(img[padded], np.broadcast_to(MEAN_PIXEL, (padded.sum(), 3)), rtol=1e-6)
+        np.testing.assert_allclose(normalize_image(img[padded]).numpy(), 0.0, atol=1e-5)
+        assert not np.allclose(img[:6, :8], ex["image"].numpy())  # the source pixels were jittered
