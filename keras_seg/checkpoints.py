@@ -3,8 +3,9 @@
 ``model_dir/``::
 
     flags.txt            resolved training flags (replay with --flagfile)
-    model_config.json    model name, num_classes, options, class names, palette, ignore label,
-                         and the --mixed_precision of the latest training command
+    model_config.json    model name, num_classes, options, input preprocessing, class names,
+                         palette, ignore label, and the --mixed_precision of the latest
+                         training command
     ckpt/                latest checkpoints (tf.train.CheckpointManager); unreadable ones
                          found on resume are renamed *.corrupt
     best/                checkpoint with the best eval mean IoU, and best.json
@@ -53,6 +54,16 @@ def read_model_config(model_dir: str) -> Dict[str, Any]:
         )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def model_preprocessing(config: Dict[str, Any]) -> str:
+    """The input preprocessing of a ``model_config.json`` dict, checked.
+
+    Files written before the key existed trained with the default (``"imagenet"``).
+    """
+    from keras_seg.data.preprocess import DEFAULT, check_preprocessing  # pylint: disable=import-outside-toplevel
+
+    return check_preprocessing(config.get("preprocessing", DEFAULT), "model_config.json preprocessing")
 
 
 def find_checkpoint(model_dir: str, which: str = "latest") -> str:

@@ -3,12 +3,14 @@ r"""Evaluates a trained model on a dataset split and prints per-class IoU.
     python -m keras_seg.evaluate --model_dir=runs/unet_shapes [--split=val]
         [--data_dir=DIR] [--checkpoint=latest|best|PATH] [--batch_size=1]
         [--mixed_precision=float32|bfloat16|float16]
+        [--mode=whole|slide --window=H,W --stride=H,W] [--scales=0.5,0.75,1,1.25,1.5,1.75] [--flip]
 
 Writes ``<model_dir>/eval/evaluate-<split>-<step>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -21,15 +23,18 @@ FLAGS = flags.FLAGS
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
         batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False,
-        mixed_precision: str = "float32"):
+        mixed_precision: str = "float32", inference=None):
     """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
+
+    ``inference`` (:class:`keras_seg.inference.InferenceConfig`, default whole image) picks
+    sliding windows, multi-scale and flip; the record notes it.
 
     ``jit_compile`` runs the forward pass under XLA (compiled once per batch shape).
     ``mixed_precision`` (``float32``, ``bfloat16`` or ``float16``) is the compute precision
     of the forward pass, whatever the run was trained under (:mod:`keras_seg.precision`);
     the record notes it.
     """
-    from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
+    from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
     from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
@@ -37,7 +42,10 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
 
     from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
 
+    from keras_seg.inference import InferenceConfig  # pylint: disable=import-outside-toplevel
+
     check_precision(mixed_precision)
+    inference = (inference or InferenceConfig()).validate()
     model, config, path = load_trained_model(model_dir, checkpoint, mixed_precision=mixed_precision)
     data_dir = data_dir or config["data_dir"]
     manifest = load_manifest(data_dir)
@@ -46,15 +54,16 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
             f"{data_dir} has num_classes={manifest['num_classes']} but the model was trained with "
             f"{config['num_classes']}. Pass the --data_dir the model was trained for."
         )
-    ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False))
+    ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False,
+                                 preprocessing=model_preprocessing(config)))
     log(f"Evaluating {path} on {data_dir} split {split!r}"
-        f"{'' if mixed_precision == 'float32' else f' in {mixed_precision}'} ...")
+        f"{'' if mixed_precision == 'float32' else f' in {mixed_precision}'} ({inference.describe()}) ...")
     scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log,
-                      jit_compile=jit_compile)
+                      jit_compile=jit_compile, inference=inference)
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
     record = scores_to_json(scores, manifest["class_names"], step)
     record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir),
-                   "mixed_precision": mixed_precision})
+                   "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference)})
     out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
@@ -74,9 +83,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
 
+    from keras_seg.inference import inference_from_flags  # pylint: disable=import-outside-toplevel
+
     try:
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
-            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision)
+            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
+            inference=inference_from_flags(FLAGS))
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -95,5 +107,8 @@ if __name__ == "__main__":
 
     flags.DEFINE_enum("mixed_precision", "float32", PRECISIONS,
                       HELP + " Of the forward pass, whatever the run was trained under (default float32).")
+    from keras_seg.inference import define_inference_flags  # pylint: disable=import-outside-toplevel
+
+    define_inference_flags()
     flags.mark_flag_as_required("model_dir")
     app.run(main)

@@ -15,7 +15,9 @@ Layout of ``--out`` for version ``N`` of model ``NAME`` (default: the model_dir'
 Everything is written under a temporary name in ``--out`` and renamed into place, so a
 model server watching ``NAME/`` never sees a half-written version.
 
-SavedModel signatures (all apply :func:`keras_seg.data.preprocess.normalize_image`):
+SavedModel signatures (all apply the model's input preprocessing, ``model_config.json``'s
+``"preprocessing"``, with :func:`keras_seg.data.preprocess.normalize_image`; the metadata
+JSON records it):
 
 * ``serving_default``: ``images`` uint8 ``(B, H, W, 3)`` RGB, any H and W ->
   ``class_ids`` uint8 ``(B, H, W)``, ``probabilities`` float32 ``(B, H, W, C)`` (softmax).
@@ -29,14 +31,17 @@ SavedModel signatures (all apply :func:`keras_seg.data.preprocess.normalize_imag
   ``palette`` int32 ``(C, 3)``, ``ignore_label`` and ``num_classes`` int32 scalars.
 
 TFLite models take ``image`` uint8 ``(1, H, W, 3)`` at the fixed ``--tflite_size`` (default:
-the training crop) with the normalisation inside the graph, and return ``probabilities``
+the training crop) with the preprocessing inside the graph, and return ``probabilities``
 float32 ``(1, H, W, C)`` and ``class_ids`` int32 ``(1, H, W)``; builtin ops only (LiteRT has
 no Flex delegate). The int8 model is integer between a leading uint8->float cast and the
 final dequantisation, calibrated on tiles of the training split, but for the ops XNNPACK
 (LiteRT's CPU delegate) runs faster in float32: PReLU, a ReLU not fused into a convolution,
 the softmax and, in models whose transposed convolutions are all strided and narrow (ENet,
 FCN), those (:func:`int8_float_ops`). Run them on any image
-size with ``python -m keras_seg.predict --tflite=...`` (:mod:`keras_seg.litert`).
+size with ``python -m keras_seg.predict --tflite=...`` (:mod:`keras_seg.litert`). Each
+``.tflite`` carries its metadata (class names, palette, preprocessing, input size) twice: in
+the ``.json`` sidecar and inside the flatbuffer, as the metadata entry ``keras_seg``
+(:func:`keras_seg.litert.embedded_metadata`).
 """
 
 from __future__ import annotations
@@ -159,7 +164,8 @@ class ExportResult:
 def model_metadata(config: Dict[str, Any], checkpoint: str) -> Dict[str, Any]:
     """The labelling metadata every export carries (class names, palette, normalisation)."""
     from keras_seg import __version__  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.preprocess import MEAN_RGB, STD_RGB  # pylint: disable=import-outside-toplevel
+    from keras_seg.checkpoints import model_preprocessing  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.preprocess import preprocessing_record  # pylint: disable=import-outside-toplevel
 
     return {
         "model": config["model"],
@@ -171,8 +177,8 @@ def model_metadata(config: Dict[str, Any], checkpoint: str) -> Dict[str, Any]:
         "dataset": config.get("dataset", ""),
         "checkpoint": checkpoint,
         "trained_mixed_precision": config.get("mixed_precision", "float32"),
-        "normalization": {"input": "uint8 RGB in [0, 255]", "formula": "(x / 255 - mean_rgb) / std_rgb",
-                          "mean_rgb": list(MEAN_RGB), "std_rgb": list(STD_RGB), "inside_graph": True},
+        "preprocessing": dict(preprocessing_record(model_preprocessing(config)), input="uint8 RGB in [0, 255]",
+                              inside_graph=True),
         "keras_seg_version": __version__,
     }
 
@@ -216,13 +222,13 @@ def _checked_images(images, signature: str):
         return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def _segment(model, images):
+def _segment(model, images, preprocessing: str):
     """uint8 images (B, H, W, 3) -> (class_ids uint8 (B, H, W), probabilities float32 (B, H, W, C))."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
 
-    logits = tf.cast(model(normalize_image(images), training=False), tf.float32)
+    logits = tf.cast(model(normalize_image(images, preprocessing), training=False), tf.float32)
     return tf.cast(tf.argmax(logits, axis=-1), tf.uint8), tf.nn.softmax(logits, axis=-1)
 
 
@@ -233,10 +239,11 @@ def build_serving_archive(model, metadata: Dict[str, Any]):
 
     require_float32(model)
     num_classes = metadata["num_classes"]
+    preprocessing = metadata["preprocessing"]["mode"]
     pad_id = metadata["ignore_label"] if 0 <= metadata["ignore_label"] <= 255 else 255
 
     def serve_images(images):
-        class_ids, probs = _segment(model, _checked_images(images, "serving_default"))
+        class_ids, probs = _segment(model, _checked_images(images, "serving_default"), preprocessing)
         return {"class_ids": class_ids, "probabilities": probs}
 
     def serve_bytes(image_bytes):
@@ -249,7 +256,7 @@ def build_serving_archive(model, metadata: Dict[str, Any]):
 
         def run_one(i, ids_ta, probs_ta, sizes_ta):
             image = tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8, expand_animations=False)
-            class_ids, probs = _segment(model, image[None])
+            class_ids, probs = _segment(model, image[None], preprocessing)
             return (i + 1, ids_ta.write(i, class_ids[0]), probs_ta.write(i, probs[0]),
                     sizes_ta.write(i, tf.shape(image)[:2]))
 
@@ -296,15 +303,18 @@ def write_saved_model(model, metadata: Dict[str, Any], path: str) -> None:
     atomic_write_json(os.path.join(path, "assets.extra", METADATA_FILE), metadata)
 
 
-def write_tflite_source(model, size: Tuple[int, int], path: str) -> None:
-    """The fixed-size, batch-1 SavedModel the TFLite converter reads (frozen, unlike a concrete function)."""
+def write_tflite_source(model, size: Tuple[int, int], path: str, preprocessing: str = "imagenet") -> None:
+    """The fixed-size, batch-1 SavedModel the TFLite converter reads (frozen, unlike a concrete function).
+
+    ``preprocessing`` is the model's (``model_config.json``); the graph applies it to its uint8 input.
+    """
     import keras  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     require_float32(model)
 
     def serve(image):
-        class_ids, probs = _segment(model, image)
+        class_ids, probs = _segment(model, image, preprocessing)
         return {"class_ids": tf.cast(class_ids, tf.int32), "probabilities": probs}
 
     archive = keras.export.ExportArchive()
@@ -451,8 +461,10 @@ def _float_weights(flat: bytes, calibrated: bytes, float_ops: Sequence[str]) -> 
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def representative_tiles(data_dir: str, split: str, size: Tuple[int, int], count: int, seed: int = 0) -> List[Any]:
-    """``count`` uint8 tiles of ``size`` from a split, cut like the tiled inference sees them."""
+def representative_tiles(data_dir: str, split: str, size: Tuple[int, int], count: int, seed: int = 0,
+                         color: Sequence[int] = (124, 116, 104)) -> List[Any]:
+    """``count`` uint8 tiles of ``size`` from a split, cut like the tiled inference sees them
+    (padded with ``color``, the model's mean colour: :func:`keras_seg.litert.pad_color`)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     from keras_seg.litert import sample_tile  # pylint: disable=import-outside-toplevel
@@ -463,7 +475,7 @@ def representative_tiles(data_dir: str, split: str, size: Tuple[int, int], count
     if not images:
         raise ValueError(f"split {split!r} of {data_dir} is empty: no int8 calibration data.")
     # A split smaller than `count` gives more random tiles of the same images.
-    return [sample_tile(images[i % len(images)], size, rng) for i in range(count)]
+    return [sample_tile(images[i % len(images)], size, rng, color) for i in range(count)]
 
 
 def existing_versions(out: str, model_name: str) -> List[int]:
@@ -484,12 +496,12 @@ def dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
 
 
-def _keras_predictor(model):
+def _keras_predictor(model, preprocessing: str):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     def predict(image):
-        _, probs = _segment(model, tf.convert_to_tensor(image[None]))
+        _, probs = _segment(model, tf.convert_to_tensor(image[None]), preprocessing)
         return np.asarray(probs[0])
 
     return predict
@@ -519,7 +531,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
     """
     from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
-    from keras_seg.litert import TFLiteSegmenter  # pylint: disable=import-outside-toplevel
+    from keras_seg.litert import TFLiteSegmenter, embed_metadata, pad_color  # pylint: disable=import-outside-toplevel
     from keras_seg.parity import compare, format_table, read_examples, warnings_for  # pylint: disable=import-outside-toplevel
 
     cfg.validate()
@@ -575,25 +587,27 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
             log(f"  saved_model   {dir_size(stage_serving) / 1e6:8.3f} MB  ({time.time() - t0:.1f}s)")
         if tflite_kinds:
             source = os.path.join(staging, "tflite_source")
-            write_tflite_source(model, size, source)
+            write_tflite_source(model, size, source, metadata["preprocessing"]["mode"])
             tiles = []
             if "int8" in tflite_kinds:
                 split = cfg.int8_split or config.get("train_split", "train")
-                tiles = representative_tiles(data_dir, split, size, cfg.int8_samples)
+                tiles = representative_tiles(data_dir, split, size, cfg.int8_samples,
+                                             color=pad_color(metadata["preprocessing"]))
                 log(f"  int8 calibration: {len(tiles)} tiles {size[0]}x{size[1]} from {data_dir} split {split!r}")
 
             def representative():
                 for tile in tiles:
                     yield {"image": tile[None]}
             for kind in tflite_kinds:
-                blob = convert_tflite(source, kind, representative)
-                path = os.path.join(stage_extras, f"{name}_{kind}.tflite")
-                with open(path, "wb") as f:
-                    f.write(blob)
                 sidecar = dict(metadata, format=f"tflite_{kind}", input_size=list(size),
                                inputs={"image": {"dtype": "uint8", "shape": [1, size[0], size[1], 3]}},
                                outputs={"probabilities": {"dtype": "float32", "shape": [1, size[0], size[1], metadata["num_classes"]]},
                                         "class_ids": {"dtype": "int32", "shape": [1, size[0], size[1]]}})
+                # The sidecar's record also travels inside the flatbuffer (keras_seg.litert.embedded_metadata).
+                blob = embed_metadata(convert_tflite(source, kind, representative), sidecar)
+                path = os.path.join(stage_extras, f"{name}_{kind}.tflite")
+                with open(path, "wb") as f:
+                    f.write(blob)
                 atomic_write_json(os.path.join(stage_extras, f"{name}_{kind}.json"), sidecar)
                 staged[f"tflite_{kind}"] = path
                 log(f"  tflite_{kind:<8}{len(blob) / 1e6:8.3f} MB  ({time.time() - t0:.1f}s)")
@@ -609,7 +623,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
                 if fmt != SAVED_MODEL:
                     seg = TFLiteSegmenter(path)
                     predictors[fmt] = lambda im, seg=seg: seg.probabilities(im, cfg.tflite_fit, cfg.tile_overlap)
-            report = compare(_keras_predictor(model), predictors, examples, config["num_classes"],
+            report = compare(_keras_predictor(model, metadata["preprocessing"]["mode"]), predictors, examples, config["num_classes"],
                              int(config["ignore_label"]), config["class_names"])
             sizes = {fmt: dir_size(p) / 1e6 for fmt, p in staged.items()}
             for fmt in report["formats"]:

@@ -13,12 +13,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from absl import flags
 
 from keras_seg.precision import HELP as MIXED_PRECISION_HELP
+from keras_seg.data.preprocess import PREPROCESSING
 from keras_seg.precision import PRECISIONS
 from keras_seg.registry import get_spec
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 CLUSTERS = ("tf_config", "slurm")
 OPTIMIZERS = ("sgd", "adamw")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+PREPROCESSING_CHOICES = ("auto",) + PREPROCESSING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,8 @@ class TrainConfig:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    weight_decay_mode: str = "decoupled"
+    preprocessing: str = "auto"
     warmup_steps: int = 0
     poly_power: float = 0.9
     class_weights: Union[str, Tuple[float, ...]] = "none"
@@ -90,6 +95,8 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate", "> 0"),
             (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (self.weight_decay_mode in WEIGHT_DECAY_MODES, "weight_decay_mode", f"one of {WEIGHT_DECAY_MODES}"),
+            (self.preprocessing in PREPROCESSING_CHOICES, "preprocessing", f"one of {PREPROCESSING_CHOICES}"),
             (0 <= self.warmup_steps < self.train_steps, "warmup_steps", "in [0, train_steps)"),
             (self.poly_power >= 0, "poly_power", ">= 0"),
             (0 < self.min_scale <= self.max_scale, "min_scale/max_scale", "0 < min_scale <= max_scale"),
@@ -135,7 +142,16 @@ def define_flags() -> None:
     flags.DEFINE_enum("optimizer", d["optimizer"].default, OPTIMIZERS, "SGD with momentum, or AdamW.")
     flags.DEFINE_float("learning_rate", d["learning_rate"].default, "Peak learning rate.")
     flags.DEFINE_float("momentum", d["momentum"].default, "SGD momentum (AdamW: beta_1).")
-    flags.DEFINE_float("weight_decay", d["weight_decay"].default, "Decoupled weight decay; biases and norm parameters are excluded.")
+    flags.DEFINE_float("weight_decay", d["weight_decay"].default, "Weight decay (see --weight_decay_mode); biases and norm parameters are excluded.")
+    flags.DEFINE_enum("weight_decay_mode", d["weight_decay_mode"].default, WEIGHT_DECAY_MODES,
+                      "decoupled: the optimizer's own decay, w -= lr * wd * w (Keras SGD/AdamW, AdamW paper). "
+                      "coupled: L2, wd * w added to the gradient before momentum, as Caffe's and PyTorch's "
+                      "SGD weight_decay: the solver the SegNet, PSPNet and DeepLab papers used.")
+    flags.DEFINE_enum("preprocessing", d["preprocessing"].default, PREPROCESSING_CHOICES,
+                      "Input preprocessing, recorded in model_config.json and applied by evaluate, predict and "
+                      "export: imagenet (RGB, (x/255 - mean)/std) or caffe (BGR, x - mean: what the "
+                      "keras.applications VGG16/ResNet ImageNet weights expect). auto: caffe when "
+                      "--model_opt=backbone_weights is set, else imagenet.")
     flags.DEFINE_integer("warmup_steps", d["warmup_steps"].default, "Linear warm-up steps before the poly decay.")
     flags.DEFINE_float("poly_power", d["poly_power"].default, "Power of the poly learning-rate decay.")
     flags.DEFINE_string("class_weights", "none", "none | median_frequency | enet (from the manifest) | comma-separated floats.")
@@ -169,7 +185,7 @@ def define_flags() -> None:
 TRAIN_FLAGS = (
     "model", "num_classes", "model_opt", "data_dir", "model_dir", "train_split", "eval_split",
     "crop_size", "batch_size", "eval_batch_size", "train_steps", "optimizer", "learning_rate",
-    "momentum", "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale",
+    "momentum", "weight_decay", "weight_decay_mode", "preprocessing", "warmup_steps", "poly_power", "class_weights", "min_scale",
     "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
     "keep_checkpoints", "steps_per_run", "steps_per_loop", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
     "cluster", "cluster_port", "worker_timeout",
@@ -225,6 +241,7 @@ def config_from_flags(f) -> TrainConfig:
         eval_split=f.eval_split, crop_size=crop, batch_size=f.batch_size,
         eval_batch_size=f.eval_batch_size, train_steps=f.train_steps, optimizer=f.optimizer,
         learning_rate=f.learning_rate, momentum=f.momentum, weight_decay=f.weight_decay,
+        weight_decay_mode=f.weight_decay_mode, preprocessing=f.preprocessing,
         warmup_steps=f.warmup_steps, poly_power=f.poly_power,
         class_weights=_parse_class_weights(f.class_weights), min_scale=f.min_scale,
         max_scale=f.max_scale, flip=f.flip, photometric=f.photometric, eval_every=f.eval_every,

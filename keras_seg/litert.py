@@ -32,9 +32,54 @@ from PIL import Image
 
 FITS = ("tile", "resize")
 SIGNATURE = "serving_default"
-# The mean colour of the training normalisation (keras_seg.data.preprocess.MEAN_RGB * 255):
-# normalize_image maps it to ~0, so padding with it matches the network's zero padding.
+# The mean colour of the default ("imagenet") preprocessing (keras_seg.data.preprocess.MEAN_RGB
+# * 255): normalize_image maps it to ~0, so padding with it matches the network's zero padding.
 MEAN_COLOR = (124, 116, 104)
+METADATA_NAME = "keras_seg"  # the flatbuffer metadata entry holding the sidecar's JSON
+
+
+def pad_color(preprocessing: Optional[Dict[str, Any]]) -> Tuple[int, int, int]:
+    """The uint8 RGB colour a model's preprocessing maps to 0, from the export's record of it.
+
+    ``None`` (exports written before the record existed): :data:`MEAN_COLOR`.
+    """
+    if not preprocessing:
+        return MEAN_COLOR
+    if preprocessing.get("mode") == "caffe":
+        return tuple(int(round(m)) for m in reversed(preprocessing["mean"]))
+    return tuple(int(round(255 * m)) for m in preprocessing["mean_rgb"])
+
+
+def embed_metadata(flat: bytes, record: Dict[str, Any]) -> bytes:
+    """The TFLite model ``flat`` with ``record`` as JSON in its metadata entry ``keras_seg``.
+
+    The flatbuffer then carries its class names, palette and preprocessing itself, as the
+    ``.json`` sidecar does beside it; :func:`embedded_metadata` reads it back.
+    """
+    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+    from ai_edge_litert.tools import flatbuffer_utils  # pylint: disable=import-outside-toplevel
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(record, sort_keys=True).encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def embedded_metadata(flat: bytes) -> Optional[Dict[str, Any]]:
+    """The ``keras_seg`` metadata JSON of a TFLite model written by the export, or ``None``."""
+    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=import-outside-toplevel
+
+    model = schema.Model.GetRootAs(flat, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == METADATA_NAME:
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+    return None
 
 
 def sidecar_path(tflite_path: str) -> str:
@@ -80,13 +125,14 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.minimum(edge, 1.0).astype(np.float32)
 
 
-def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pads an RGB image at the bottom/right with :data:`MEAN_COLOR` to at least ``height x width``."""
+def pad_to(image: np.ndarray, height: int, width: int, color: Sequence[int] = MEAN_COLOR) -> np.ndarray:
+    """Pads an RGB image at the bottom/right with ``color`` (the model's mean colour, see
+    :func:`pad_color`) to at least ``height x width``."""
     h, w = image.shape[:2]
     if h >= height and w >= width:
         return image
     out = np.empty((max(h, height), max(w, width), 3), np.uint8)
-    out[...] = np.asarray(MEAN_COLOR, np.uint8)
+    out[...] = np.asarray(color, np.uint8)
     out[:h, :w] = image
     return out
 
@@ -113,6 +159,9 @@ class TFLiteSegmenter:
     Raises:
       ValueError: the file is missing or is not a keras_seg segmentation export.
     """
+
+    #: colour images are padded with for tiling: the one the model's preprocessing maps to 0
+    pad_color: Tuple[int, int, int] = MEAN_COLOR
 
     def __init__(self, path: str, num_threads: Optional[int] = None, require_sidecar: bool = True):
         from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
@@ -153,6 +202,7 @@ class TFLiteSegmenter:
                 f"{sidecar_path(path)} says input_size={self.metadata['input_size']} but {path} takes "
                 f"{list(self.input_size)}: the sidecar belongs to another export."
             )
+        self.pad_color = pad_color(self.metadata.get("preprocessing") if self.metadata else None)
 
     @property
     def palette(self) -> List[List[int]]:
@@ -190,7 +240,7 @@ class TFLiteSegmenter:
         if fit == "resize":
             small = np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR))
             return resize_probabilities(self.run_tile(small), h, w)
-        padded = pad_to(image, th, tw)
+        padded = pad_to(image, th, tw, self.pad_color)
         ph, pw = padded.shape[:2]
         ov_h, ov_w = int(round(overlap * th)), int(round(overlap * tw))
         weight = np.outer(_ramp(th, ov_h), _ramp(tw, ov_w))[..., None]
@@ -210,13 +260,14 @@ class TFLiteSegmenter:
         return np.argmax(self.probabilities(image, fit, overlap), axis=-1).astype(np.uint8)
 
 
-def sample_tile(image: np.ndarray, size: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+def sample_tile(image: np.ndarray, size: Sequence[int], rng: np.random.Generator,
+                color: Sequence[int] = MEAN_COLOR) -> np.ndarray:
     """A random ``size`` crop of ``image`` at native resolution (mean-colour padded if smaller).
 
     What the tiled inference feeds the model, so int8 calibration sees the same statistics.
     """
     th, tw = int(size[0]), int(size[1])
-    padded = pad_to(image, th, tw)
+    padded = pad_to(image, th, tw, color)
     y = int(rng.integers(0, padded.shape[0] - th + 1))
     x = int(rng.integers(0, padded.shape[1] - tw + 1))
     return np.ascontiguousarray(padded[y : y + th, x : x + tw])

@@ -1,6 +1,7 @@
 r"""Predicts segmentation maps for images, with the Keras model or an exported TFLite model.
 
     python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds IMAGE [IMAGE ...]
+    python -m keras_seg.predict --pretrained=enet_camvid --out=preds IMAGE [IMAGE ...]
     python -m keras_seg.predict --tflite=exported/unet_shapes_v1/unet_shapes_int8.tflite \
         --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] [--tflite_threads=N] IMAGE [IMAGE ...]
 
@@ -67,31 +68,60 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray, labels: np.ndarray
     return paths
 
 
-def predict_keras(model, image: np.ndarray) -> np.ndarray:
-    """Class ids (H, W) for one uint8 RGB image, through the shared normalisation."""
+def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inference=None, probs=None) -> np.ndarray:
+    """Class ids (H, W) for one uint8 RGB image, through the model's preprocessing.
+
+    ``inference`` (:class:`keras_seg.inference.InferenceConfig`) picks sliding windows,
+    multi-scale and flip (default: one whole-image pass); ``probs`` is a reusable
+    :func:`keras_seg.inference.make_probabilities` of ``model``.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
 
-    x = normalize_image(tf.convert_to_tensor(image[None]))
-    logits = model(x, training=False)
-    labels = np.asarray(tf.argmax(logits, axis=-1)[0]).astype(np.uint8)
+    x = normalize_image(tf.convert_to_tensor(image[None]), preprocessing)
+    if inference is not None and not inference.plain:
+        from keras_seg.inference import predict_probabilities  # pylint: disable=import-outside-toplevel
+
+        scores = predict_probabilities(model, x, inference, probs)
+    else:
+        scores = model(x, training=False)
+    labels = np.asarray(tf.argmax(scores, axis=-1)[0]).astype(np.uint8)
     if labels.shape != image.shape[:2]:
         raise ValueError(f"model returned {labels.shape} for an image of {image.shape[:2]}")
     return labels
 
 
-def run(model_dir: str, images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print) -> List[str]:
-    """Predicts every image with the Keras model of ``model_dir``; returns written paths."""
-    from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
+def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print,
+        pretrained: Optional[str] = None, inference=None) -> List[str]:
+    """Predicts every image with a Keras model; returns written paths.
+
+    The model is the checkpoint of ``model_dir``, or the shipped weights ``pretrained``
+    (a name of :func:`keras_seg.pretrained.available`, e.g. ``"enet_camvid"``), whose class
+    names, palette and preprocessing come with them.
+    """
+    from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
 
     if not images:
         raise ValueError("no images given: pass image paths after the flags.")
-    model, config, _ = load_trained_model(model_dir, checkpoint)
+    if bool(model_dir) == bool(pretrained):
+        raise ValueError("pass exactly one of model_dir (a training directory) or pretrained (shipped weights).")
+    if pretrained:
+        from keras_seg.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
+
+        model, config = load_pretrained(pretrained)
+        log(f"Shipped weights {pretrained!r}: {config['model']} on {config['dataset']} "
+            f"({config['licence']}).")
+    else:
+        model, config, _ = load_trained_model(model_dir, checkpoint)
+    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
+
+    preprocessing = model_preprocessing(config)
+    probs = make_probabilities(model)
     written = []
     for i, path in enumerate(images, 1):
         image = read_rgb(path)
-        labels = predict_keras(model, image)
+        labels = predict_keras(model, image, preprocessing, inference, probs)
         stem = os.path.splitext(os.path.basename(path))[0]
         written += write_outputs(out_dir, stem, image, labels, config["palette"])
         log(f"[{i}/{len(images)}] {path}: {image.shape[1]}x{image.shape[0]} -> {written[-2]}, {written[-1]}")
@@ -135,13 +165,21 @@ def main(argv):
     # CheckpointError is a ValueError; not importing keras_seg.checkpoints keeps TensorFlow
     # out of the --tflite path.
     try:
-        if bool(FLAGS.model_dir) == bool(FLAGS.tflite):
-            raise ValueError("pass exactly one of --model_dir (Keras checkpoint) or --tflite (exported model).")
+        if sum(map(bool, (FLAGS.model_dir, FLAGS.tflite, FLAGS.pretrained))) != 1:
+            raise ValueError("pass exactly one of --model_dir (Keras checkpoint), --pretrained (shipped weights, "
+                             "e.g. enet_camvid) or --tflite (exported model).")
+        from keras_seg.inference import InferenceConfig, inference_from_flags  # pylint: disable=import-outside-toplevel
+
+        inference = inference_from_flags(FLAGS)
         if FLAGS.tflite:
+            if inference != InferenceConfig():
+                raise ValueError("--mode, --window, --stride, --scales and --flip apply to Keras prediction "
+                                 "(--model_dir, --pretrained); --tflite tiles with --tflite_fit and --tile_overlap.")
             run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap,
                        num_threads=FLAGS.tflite_threads)
         else:
-            run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint)
+            run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
+                inference=inference)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -149,6 +187,8 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "Training directory (Keras prediction).")
+    flags.DEFINE_string("pretrained", None, "Shipped weights to predict with instead of --model_dir, e.g. "
+                        "enet_camvid (keras_seg.pretrained.available() lists them).")
     flags.DEFINE_string("tflite", None, "A .tflite file from keras_seg.export (LiteRT prediction), instead of --model_dir.")
     flags.DEFINE_string("out", "predictions", "Output folder.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
@@ -156,4 +196,7 @@ if __name__ == "__main__":
                       "--tflite: run other image sizes as overlapping tiles at native resolution, or resized.")
     flags.DEFINE_integer("tflite_threads", None, "--tflite: interpreter threads (default: every usable CPU; LiteRT's own default is 1).", lower_bound=1)
     flags.DEFINE_float("tile_overlap", 0.25, "--tflite tiling: overlap of neighbouring tiles, fraction of the tile side.")
+    from keras_seg.inference import define_inference_flags  # pylint: disable=import-outside-toplevel
+
+    define_inference_flags()
     app.run(main)

@@ -35,6 +35,12 @@ class ModelSpec:
     paper: str = ""
     aux_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
+    def defaults(self) -> Dict[str, Any]:
+        """Default value of each keyword option of the builder."""
+        sig = inspect.signature(self.builder)
+        return {p.name: p.default for p in sig.parameters.values()
+                if p.name not in ("num_classes", "input_shape") and p.default is not p.empty}
+
     def option_names(self) -> List[str]:
         """Keyword options the builder accepts (everything but the positional ones)."""
         sig = inspect.signature(self.builder)

@@ -40,6 +40,8 @@ from keras_seg.checkpoints import (
 from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import atomic_write_json, class_weights_from_manifest, load_manifest
 from keras_seg.data.pipeline import DataConfig, make_dataset
+from keras_seg.data.preprocess import DEFAULT as DEFAULT_PREPROCESSING
+from keras_seg.data.preprocess import mean_pixel, preprocessing_for
 from keras_seg.distribute import (
     CLUSTER_ERRORS,
     Watchdog,
@@ -51,6 +53,7 @@ from keras_seg.distribute import (
     worker_index,
 )
 from keras_seg.flags import TrainConfig
+from keras_seg.inference import InferenceConfig, make_probabilities, predict_probabilities
 from keras_seg.losses import pixel_ce_sums
 from keras_seg.metrics import StreamingConfusionMatrixMetric, scores_from_confusion_matrix
 from keras_seg.precision import inner_optimizer, loss_scale_state, wrap_optimizer
@@ -80,27 +83,41 @@ class PolyWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps, "power": self.power}
 
 
+NO_DECAY = ("bias", "gamma", "beta")  # variable names weight decay leaves alone
+
+
+def decayed_variables(model: keras.Model) -> List[keras.Variable]:
+    """The trainable variables weight decay applies to: all but biases and norm scales/offsets."""
+    return [v for v in model.trainable_variables if v.name not in NO_DECAY]
+
+
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     """SGD with momentum or AdamW, poly schedule with warm-up, decoupled weight decay.
 
+    With ``cfg.weight_decay_mode == "coupled"`` the optimizer has no decay of its own: the
+    training step adds the L2 gradient instead (:func:`make_train_step`'s ``l2``).
     With ``cfg.mixed_precision == "float16"`` it is wrapped in a
     ``keras.optimizers.LossScaleOptimizer`` (:func:`keras_seg.precision.wrap_optimizer`).
     """
     lr = PolyWithWarmup(cfg.learning_rate, cfg.train_steps, cfg.warmup_steps, cfg.poly_power)
-    wd = cfg.weight_decay or None
+    wd = (cfg.weight_decay or None) if cfg.weight_decay_mode == "decoupled" else None
     if cfg.optimizer == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=wd)
     else:
-        opt = keras.optimizers.AdamW(lr, beta_1=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = keras.optimizers.AdamW(lr, beta_1=cfg.momentum, weight_decay=wd or 0.0)
     if wd:
-        opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return wrap_optimizer(opt, cfg.mixed_precision)
 
 
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ignore_label: int,
              log: Optional[Callable[[str], None]] = None,
-             strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False) -> Dict[str, Any]:
+             strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False,
+             inference: Optional[InferenceConfig] = None) -> Dict[str, Any]:
     """Runs ``model`` over ``dataset`` and returns the FCN scores plus the confusion matrix.
+
+    ``inference`` (:class:`keras_seg.inference.InferenceConfig`) chooses sliding windows,
+    multi-scale and flip; ``None`` is one whole-image pass.
 
     The model runs on this process alone, outside ``strategy.run``, so no collective op is
     involved. With a multi-worker ``strategy`` each worker passes its own shard of the data,
@@ -120,6 +137,12 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
     @tf.function
     def step(images, labels):
         metric.update_state(labels, forward(images))
+
+    if inference is not None and not inference.plain:
+        probs = make_probabilities(model)
+
+        def step(images, labels):  # noqa: F811  (Python loops over windows, scales and flips)
+            metric.update_state(labels, predict_probabilities(model, images, inference, probs))
 
     n = 0
     start = time.time()
@@ -280,7 +303,8 @@ def _prepare_model_dir(cfg: TrainConfig, model_config: Dict[str, Any], flags_tex
     existing = os.path.join(cfg.model_dir, "model_config.json")
     if os.path.isfile(existing):
         old = read_model_config(cfg.model_dir)
-        for key in ("model", "num_classes", "model_options"):
+        old.setdefault("preprocessing", DEFAULT_PREPROCESSING)  # written before the key existed
+        for key in ("model", "num_classes", "model_options", "preprocessing"):
             if old.get(key) != model_config[key]:
                 raise ValueError(
                     f"--model_dir {cfg.model_dir} holds a run with {key}={old.get(key)!r}, not "
@@ -436,6 +460,7 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         "dataset": manifest.get("dataset", ""), "data_dir": os.path.abspath(cfg.data_dir),
         "crop_size": list(cfg.crop_size), "train_split": cfg.train_split,
         "mixed_precision": cfg.mixed_precision,
+        "preprocessing": preprocessing_for(cfg.model_options, cfg.preprocessing),
     }
     _check_writable(cfg.model_dir)  # every worker: the others write temporary checkpoints there
     strategy = strategy or make_strategy(cfg.strategy, cfg.device, cluster=cfg.cluster,
@@ -477,9 +502,13 @@ def _finite_on_every_replica(grads, ctx: tf.distribute.ReplicaContext) -> tf.Ten
 
 
 def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-                        num_classes: int, ignore_label: int, class_weights, aux_weights) -> Callable[..., tf.Tensor]:
+                        num_classes: int, ignore_label: int, class_weights, aux_weights,
+                        l2: float = 0.0) -> Callable[..., tf.Tensor]:
     """``step_on_batch(images, labels, weights) -> global mean loss``: one replicated update."""
     aux_weights = list(aux_weights)
+    decayed = decayed_variables(model) if l2 else []
+    # The replicas' gradients are summed, so each adds 1/replicas of the L2 term's gradient.
+    l2_per_replica = 0.5 * float(l2) / strategy.num_replicas_in_sync
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, labels, weights):
@@ -495,7 +524,10 @@ def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimize
                 aux_total, _ = pixel_ce_sums(labels, out, num_classes=num_classes, ignore_label=ignore_label,
                                              class_weights=class_weights, pixel_weights=weights)
                 loss = loss + w * aux_total / global_count
-            scaled_loss = optimizer.scale_loss(loss)  # the loss itself unless loss-scaled
+            objective = loss
+            if decayed:  # coupled L2: gradient + l2 * w before momentum (Caffe / PyTorch SGD)
+                objective = loss + l2_per_replica * tf.add_n([tf.reduce_sum(tf.square(v.value)) for v in decayed])
+            scaled_loss = optimizer.scale_loss(objective)  # the objective itself unless loss-scaled
         grads = tape.gradient(scaled_loss, model.trainable_variables)
         if loss_scaled:
             finite = _finite_on_every_replica(grads, ctx)
@@ -515,7 +547,7 @@ def _make_step_on_batch(model: keras.Model, optimizer: keras.optimizers.Optimize
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
                     num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
-                    jit_compile: bool = False) -> Callable[[Any], tf.Tensor]:
+                    jit_compile: bool = False, l2: float = 0.0) -> Callable[[Any], tf.Tensor]:
     """One training step: ``step(distributed_iterator) -> global mean loss``.
 
     Each replica computes the weighted pixel cross-entropy summed over its pixels and divides
@@ -533,6 +565,11 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
     number and the data position of a resume agree with the loop's step. The returned loss
     is the unscaled one.
 
+    ``l2 > 0`` is coupled weight decay (``--weight_decay_mode=coupled``): the gradient of
+    ``l2 / 2 * sum(w**2)`` over :func:`decayed_variables`, i.e. ``l2 * w``, is added to the
+    loss's gradient before the optimizer's momentum, as Caffe's and PyTorch's SGD do. The
+    returned loss is the data loss alone.
+
     Args:
       model: built under ``strategy.scope()``.
       optimizer: built (``optimizer.build(model.trainable_variables)``) under the same scope.
@@ -542,9 +579,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
       class_weights: per-class loss weights or ``None``.
       aux_weights: loss weight of each auxiliary output.
       jit_compile: compile the step (forward, backward, all-reduces and update) with XLA.
+      l2: coupled weight decay (0: none; decoupled decay belongs to the optimizer).
     """
     step_on_batch = _make_step_on_batch(model, optimizer, strategy, num_classes, ignore_label, class_weights,
-                                        aux_weights)
+                                        aux_weights, l2)
     if jit_compile:
         # XLA cannot compile the iterator, and a nested jit function cannot hold the
         # synchronized batch norm's all-reduce, so the whole replicated step is compiled and
@@ -563,7 +601,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
 
 def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
                     num_classes: int, ignore_label: int, class_weights=None, aux_weights=(),
-                    jit_compile: bool = False) -> Callable[[Any, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]:
+                    jit_compile: bool = False, l2: float = 0.0) -> Callable[[Any, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]:
     """Several training steps in one ``tf.function``: ``loop(iterator, n) -> (loss, steps_run)``.
 
     Runs the step of :func:`make_train_step` up to ``n`` times (``n`` an int32 scalar tensor,
@@ -572,7 +610,7 @@ def make_train_loop(model: keras.Model, optimizer: keras.optimizers.Optimizer, s
     run, ``steps_run`` how many ran. Same arguments as :func:`make_train_step`.
     """
     step_on_batch = _make_step_on_batch(model, optimizer, strategy, num_classes, ignore_label, class_weights,
-                                        aux_weights)
+                                        aux_weights, l2)
     # Under XLA only the replicated step is compiled; the loop and the iterator stay outside it.
     run_batch = tf.function(step_on_batch, jit_compile=True) if jit_compile else step_on_batch
 
@@ -642,15 +680,16 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
         data_dir=cfg.data_dir, split=cfg.train_split, batch_size=cfg.batch_size, training=True,
         augment=AugmentConfig(crop_size=tuple(cfg.crop_size), min_scale=cfg.min_scale,
                               max_scale=cfg.max_scale, flip=cfg.flip, photometric=cfg.photometric,
-                              ignore_label=ignore_label),
-        seed=cfg.seed, skip_batches=step, num_shards=cfg.data_shards,
+                              ignore_label=ignore_label, pad_value=mean_pixel(model_config["preprocessing"])),
+        seed=cfg.seed, skip_batches=step, num_shards=cfg.data_shards, preprocessing=model_config["preprocessing"],
     )
     dist_ds = strategy.distribute_datasets_from_function(lambda ctx: make_dataset(data_cfg, ctx))
     iterator = iter(dist_ds)
     num_classes = cfg.num_classes
 
+    l2 = cfg.weight_decay if cfg.weight_decay_mode == "coupled" else 0.0
     train_loop = make_train_loop(model, optimizer, strategy, num_classes, ignore_label,
-                                 class_weights, aux_weights, jit_compile=cfg.jit_compile)
+                                 class_weights, aux_weights, jit_compile=cfg.jit_compile, l2=l2)
 
     train_dir, eval_dir = os.path.join(cfg.model_dir, "train"), os.path.join(cfg.model_dir, "eval")
     with _writing("TensorBoard summaries to", train_dir, step, restored):
@@ -666,7 +705,8 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
         waiting(f"evaluating at step {step}")
         ctx = tf.distribute.InputContext(workers, index, workers) if workers > 1 else None
         eval_ds = make_dataset(DataConfig(data_dir=cfg.data_dir, split=cfg.eval_split,
-                                          batch_size=cfg.eval_batch_size * workers, training=False), ctx)
+                                          batch_size=cfg.eval_batch_size * workers, training=False,
+                                          preprocessing=model_config["preprocessing"]), ctx)
         scores = evaluate(model, eval_ds, num_classes, ignore_label, strategy=strategy, jit_compile=cfg.jit_compile)
         record = scores_to_json(scores, class_names, step)
         if chief:

@@ -20,7 +20,7 @@ from keras_seg.checkpoints import CheckpointError, load_trained_model
 from keras_seg.data.preprocess import MEAN_RGB, normalize_image
 from keras_seg.export import ExportConfig, existing_versions, export
 from keras_seg.flags import TrainConfig
-from keras_seg.litert import MEAN_COLOR, TFLiteSegmenter
+from keras_seg.litert import MEAN_COLOR, TFLiteSegmenter, embedded_metadata
 from keras_seg.parity import warnings_for
 from keras_seg.predict import overlay
 from keras_seg.training import train
@@ -87,10 +87,13 @@ def test_layout_and_metadata(exported):
         path = res.paths[f"tflite_{kind}"]
         assert path == os.path.join(out, "tiny_unet_v1", f"tiny_unet_{kind}.tflite") and os.path.getsize(path) > 0
         side = json.load(open(path[: -len(".tflite")] + ".json"))
+        with open(path, "rb") as f:
+            assert embedded_metadata(f.read()) == side  # the flatbuffer carries the same record
+        assert side["preprocessing"]["mode"] == "imagenet" and side["preprocessing"]["mean_rgb"] == list(MEAN_RGB)
         assert side["input_size"] == list(SIZE) and side["class_names"] == ["a", "b", "c"]
         assert side["palette"] == exported["config"]["palette"] and side["format"] == f"tflite_{kind}"
     meta = json.load(open(os.path.join(res.paths["saved_model"], "assets.extra", "keras_seg_metadata.json")))
-    assert meta["class_names"] == ["a", "b", "c"] and meta["normalization"]["mean_rgb"] == list(MEAN_RGB)
+    assert meta["class_names"] == ["a", "b", "c"] and meta["preprocessing"]["mean_rgb"] == list(MEAN_RGB)
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no staging leftovers
 
 

@@ -7,11 +7,12 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from keras_seg.data.preprocess import MEAN_RGB
+from keras_seg.data.preprocess import mean_pixel
 
-# The mean colour in [0, 255]: normalize_image maps it to 0, the value every inference path
-# (sliding windows, LiteRT padding) pads with, so padded training pixels look the same.
-MEAN_PIXEL = tuple(255.0 * m for m in MEAN_RGB)
+# The mean colour of the default preprocessing in [0, 255]: normalize_image maps it to 0, the
+# value every inference path (batch padding, LiteRT padding) pads with, so padded training
+# pixels look the same. Models with "caffe" preprocessing pad with mean_pixel("caffe").
+MEAN_PIXEL = mean_pixel("imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +25,9 @@ class AugmentConfig:
       flip: random horizontal flips.
       photometric: random brightness, contrast and saturation jitter.
       ignore_label: label of padded pixels.
-      pad_value: RGB colour in [0, 255] of padded image pixels; the normalisation's mean colour,
-        which the network sees as 0, as at inference (DeepLab pads the same way).
+      pad_value: RGB colour in [0, 255] of padded image pixels: the preprocessing's mean colour
+        (:func:`keras_seg.data.preprocess.mean_pixel`), which the network sees as 0, as at
+        inference (DeepLab pads the same way).
     """
 
     crop_size: Tuple[int, int]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_seg.data.augment import AugmentConfig, augment
 from keras_seg.data.decode import decode_example
 from keras_seg.data.manifest import load_manifest, split_files
-from keras_seg.data.preprocess import normalize_image
+from keras_seg.data.preprocess import check_preprocessing, normalize_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -36,6 +36,9 @@ class DataConfig:
       num_shards: training only: number of input shards ``S`` (0: one per input pipeline).
         A multiple of the number of workers; fixing it makes the global batches the same
         for any number of workers that divides it.
+      preprocessing: the model's input preprocessing, ``"imagenet"`` or ``"caffe"``
+        (:func:`keras_seg.data.preprocess.normalize_image`); the augmentation pads with the
+        colour it maps to 0.
     """
 
     data_dir: str
@@ -47,10 +50,11 @@ class DataConfig:
     shuffle_buffer: int = 256
     skip_batches: int = 0
     num_shards: int = 0
+    preprocessing: str = "imagenet"
 
 
-def _to_model_inputs(ex):
-    image = normalize_image(ex["image"])
+def _to_model_inputs(ex, preprocessing: str):
+    image = normalize_image(ex["image"], preprocessing)
     label = tf.cast(ex["label"][..., 0], tf.int32)
     return image, label, ex["weight"][..., 0]
 
@@ -89,7 +93,8 @@ def _example_stream(cfg: DataConfig, files, with_weights: bool, shard: int, num_
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda ex, s: augment(ex, s, cfg.augment), num_parallel_calls=AUTOTUNE, deterministic=True
         )
-    return ds.map(_to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.map(lambda ex: _to_model_inputs(ex, cfg.preprocessing), num_parallel_calls=AUTOTUNE,
+                  deterministic=True)
 
 
 def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
@@ -115,6 +120,7 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
       ValueError: no manifest, unknown split, missing shards, a batch size that does not
         divide over the replicas or shards, or ``num_shards`` not a multiple of the pipelines.
     """
+    check_preprocessing(cfg.preprocessing, "DataConfig.preprocessing")
     manifest = load_manifest(cfg.data_dir)
     files = split_files(cfg.data_dir, manifest, cfg.split)
     with_weights = bool(manifest["splits"][cfg.split].get("has_weights", False))

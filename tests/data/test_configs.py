@@ -6,14 +6,11 @@ import pathlib
 
 import pytest
 
+from keras_seg.flags import TRAIN_FLAGS
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# The trainer's flags (keras_seg/flags.py is not on this branch yet; replace with a real parse then).
-TRAINER_FLAGS = {
-    "flagfile", "model", "backbone", "num_classes", "model_opt", "data_dir", "train_split", "eval_split",
-    "crop_size", "batch_size", "train_steps", "optimizer", "learning_rate", "momentum", "weight_decay",
-    "warmup_steps", "poly_power", "class_weights", "min_scale", "max_scale", "model_dir", "eval_every",
-    "log_every", "seed",
-}
+# The trainer's flags, from the trainer itself (a hard-coded copy went stale).
+TRAINER_FLAGS = set(TRAIN_FLAGS) | {"flagfile"}
 UNET_OPTS = {"base_width", "depth", "batch_norm", "dropout", "padding"}
 
 

@@ -1,0 +1,46 @@
+"""Learning curves from the trainer's TensorBoard files (python -m keras_seg.plot)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from data_prep.folder import convert_folder
+from keras_seg.flags import TrainConfig
+from keras_seg.plot import curves
+from keras_seg.training import train
+from tests.data.fixtures import make_folder_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_plot_draws_the_runs_curves_and_writes_the_eval_csv(tmp_path):
+    make_folder_dataset(tmp_path / "src", n_train=4, n_val=2)
+    convert_folder(str(tmp_path / "src/images"), str(tmp_path / "src/masks"), str(tmp_path / "tfr"), ["a", "b", "c"],
+                   workers=1, log=lambda m: None)
+    cfg = TrainConfig(model="unet", num_classes=3, data_dir=str(tmp_path / "tfr"), model_dir=str(tmp_path / "run"),
+                      model_options={"base_width": 4, "depth": 2}, crop_size=(16, 16), batch_size=2, train_steps=6,
+                      log_every=2, eval_every=3, checkpoint_every=3, strategy="one_device")
+    cfg.validate()
+    train(cfg, log=lambda m: None)
+    data = curves(str(tmp_path / "run"))
+    assert [s for s, _, _ in data["train"]["loss"]] == [2, 4, 6]
+    assert [s for s, _, _ in data["eval"]["mean_iu"]] == [3, 6]
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "keras_seg.plot", f"--model_dir={tmp_path / 'run'}",
+                        f"--csv={tmp_path / 'c.csv'}"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Image.open(tmp_path / "run" / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > 400
+    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
+    for row in rows:
+        rec = json.loads((tmp_path / "run" / "eval" / f"metrics-{int(row['step']):08d}.json").read_text())
+        assert float(row["mean_iu"]) == pytest.approx(rec["mean_iu"], abs=1e-4)
+        assert 0 <= float(row["hours"]) < 1
+    r = subprocess.run([sys.executable, "-m", "keras_seg.plot", f"--model_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r.returncode == 1 and "hold no TensorBoard scalars" in r.stderr
