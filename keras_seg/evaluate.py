@@ -5,7 +5,9 @@ r"""Evaluates a trained model on a dataset split and prints per-class IoU.
         [--mixed_precision=float32|bfloat16|float16]
         [--mode=whole|slide --window=H,W --stride=H,W] [--scales=0.5,0.75,1,1.25,1.5,1.75] [--flip]
 
-Writes ``<model_dir>/eval/evaluate-<split>-<step>.json`` (or ``--out``).
+Writes ``<model_dir>/eval/evaluate-<split>-<step><mode>.json`` (or ``--out``; ``<mode>`` is
+empty for one whole-image pass, else e.g. ``-s0.5_1_1.5-flip``) and, with matplotlib, the
+``-confusion.png``, ``-iou.png`` and ``-sheet.png`` pictures beside it (``--nopictures``: none).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ FLAGS = flags.FLAGS
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
         batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False,
-        mixed_precision: str = "float32", inference=None):
+        mixed_precision: str = "float32", inference=None, pictures: bool = True, sheet_images: int = 4):
     """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
 
     ``inference`` (:class:`keras_seg.inference.InferenceConfig`, default whole image) picks
@@ -33,6 +35,11 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     ``mixed_precision`` (``float32``, ``bfloat16`` or ``float16``) is the compute precision
     of the forward pass, whatever the run was trained under (:mod:`keras_seg.precision`);
     the record notes it.
+
+    With ``pictures`` (and matplotlib installed) it also writes, next to the JSON, a
+    row-normalised confusion matrix (``-confusion.png``), per-class IoU bars (``-iou.png``)
+    and a sheet of the split's first ``sheet_images`` images as image | ground truth |
+    prediction | errors (``-sheet.png``).
     """
     from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
     from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
@@ -64,7 +71,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     record = scores_to_json(scores, manifest["class_names"], step)
     record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir),
                    "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference)})
-    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}.json")
+    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}{inference.tag()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
     log(format_iou_table(scores, manifest["class_names"]))
@@ -75,7 +82,39 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     log(f"best constant prediction (always {manifest['class_names'][const_class]!r}): "
         f"mean_iu {const['mean_iu']:.4f}  acc {const['acc']:.4f}")
     log(f"wrote {out}")
+    if pictures:
+        write_pictures(model, config, data_dir, split, scores, out, inference, sheet_images, log)
     return scores, record
+
+
+def write_pictures(model, config, data_dir: str, split: str, scores, out_json: str, inference,
+                   sheet_images: int, log=print) -> None:
+    """The confusion-matrix, IoU-bar and image-sheet PNGs of :func:`run` (skipped, with a note,
+    without matplotlib)."""
+    from keras_seg.checkpoints import model_preprocessing  # pylint: disable=import-outside-toplevel
+    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
+    from keras_seg.parity import read_examples  # pylint: disable=import-outside-toplevel
+    from keras_seg.plot import confusion_png, iou_bars_png, pyplot, sheet_png  # pylint: disable=import-outside-toplevel
+    from keras_seg.predict import predict_keras  # pylint: disable=import-outside-toplevel
+
+    try:
+        pyplot()
+    except ValueError as e:
+        log(f"pictures skipped: {e}")
+        return
+    stem = os.path.splitext(out_json)[0]
+    names = config["class_names"]
+    what = f"{config['model']} on {split} ({inference.describe()})"
+    paths = [f"{stem}-confusion.png", f"{stem}-iou.png"]
+    confusion_png(scores["confusion_matrix"], names, paths[0], f"{what}: % of each true class")
+    iou_bars_png(scores["iu"], names, paths[1], f"{what}: per-class IoU")
+    if sheet_images > 0:
+        probs = make_probabilities(model)
+        rows = [(image, label, predict_keras(model, image, model_preprocessing(config), inference, probs))
+                for image, label in read_examples(data_dir, split, sheet_images)]
+        paths.append(f"{stem}-sheet.png")
+        sheet_png(rows, config["palette"], int(config["ignore_label"]), paths[-1], what)
+    log(f"wrote {', '.join(paths)}")
 
 
 def main(argv):
@@ -88,7 +127,7 @@ def main(argv):
     try:
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
-            inference=inference_from_flags(FLAGS))
+            inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -99,7 +138,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "val", "Split to evaluate.")
     flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model trained on).")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
-    flags.DEFINE_integer("batch_size", 1, "Images per batch (1 evaluates every image at its own size).")
+    flags.DEFINE_integer("batch_size", 1, "Images per batch; a batch only ever holds images of one size (never padded), so every batch size gives the scores of batch 1.")
     flags.DEFINE_string("out", None, "JSON output path.")
     flags.DEFINE_bool("jit_compile", False, "Run the forward pass under XLA (compiled once per image size; "
                       "benchmarks/RESULTS.md compares it with plain tf.function).")
@@ -110,5 +149,7 @@ if __name__ == "__main__":
     from keras_seg.inference import define_inference_flags  # pylint: disable=import-outside-toplevel
 
     define_inference_flags()
+    flags.DEFINE_bool("pictures", True, "Write the confusion-matrix, per-class IoU and image-sheet PNGs next to the JSON (needs matplotlib).")
+    flags.DEFINE_integer("sheet_images", 4, "Images in the image sheet (0: no sheet).", lower_bound=0)
     flags.mark_flag_as_required("model_dir")
     app.run(main)

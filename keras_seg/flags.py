@@ -53,6 +53,7 @@ class TrainConfig:
     flip: bool = True
     photometric: bool = True
     eval_every: int = 0
+    eval_images: int = 4
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -101,6 +102,7 @@ class TrainConfig:
             (self.poly_power >= 0, "poly_power", ">= 0"),
             (0 < self.min_scale <= self.max_scale, "min_scale/max_scale", "0 < min_scale <= max_scale"),
             (self.eval_every >= 0, "eval_every", ">= 0 (0: only at the end)"),
+            (self.eval_images >= 0, "eval_images", ">= 0 (0: no images)"),
             (self.log_every >= 1, "log_every", ">= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every", ">= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
@@ -137,7 +139,7 @@ def define_flags() -> None:
     flags.DEFINE_string("eval_split", d["eval_split"].default, "Split to evaluate on ('' for none).")
     flags.DEFINE_list("crop_size", ["256", "256"], "Training crop H,W.")
     flags.DEFINE_integer("batch_size", d["batch_size"].default, "Global batch size, split across replicas.")
-    flags.DEFINE_integer("eval_batch_size", d["eval_batch_size"].default, "Evaluation batch size (1 evaluates every image at its own size).")
+    flags.DEFINE_integer("eval_batch_size", d["eval_batch_size"].default, "Evaluation batch size; a batch only ever holds images of one size (never padded), so every batch size gives the scores of batch 1.")
     flags.DEFINE_integer("train_steps", d["train_steps"].default, "Total optimizer steps.")
     flags.DEFINE_enum("optimizer", d["optimizer"].default, OPTIMIZERS, "SGD with momentum, or AdamW.")
     flags.DEFINE_float("learning_rate", d["learning_rate"].default, "Peak learning rate.")
@@ -160,6 +162,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("flip", True, "Random horizontal flips.")
     flags.DEFINE_bool("photometric", True, "Random brightness/contrast/saturation jitter.")
     flags.DEFINE_integer("eval_every", d["eval_every"].default, "Evaluate every N steps (0: at the end only).")
+    flags.DEFINE_integer("eval_images", d["eval_images"].default, "Each evaluation writes to TensorBoard an image "
+                         "sheet of this many eval images (image | truth | prediction | errors), the confusion matrix "
+                         "and per-class IoU (images need matplotlib; 0: scalars only).")
     flags.DEFINE_integer("log_every", d["log_every"].default, "Print progress every N steps.")
     flags.DEFINE_integer("checkpoint_every", d["checkpoint_every"].default, "Checkpoint every N steps.")
     flags.DEFINE_integer("keep_checkpoints", d["keep_checkpoints"].default, "Checkpoints kept.")
@@ -186,7 +191,7 @@ TRAIN_FLAGS = (
     "model", "num_classes", "model_opt", "data_dir", "model_dir", "train_split", "eval_split",
     "crop_size", "batch_size", "eval_batch_size", "train_steps", "optimizer", "learning_rate",
     "momentum", "weight_decay", "weight_decay_mode", "preprocessing", "warmup_steps", "poly_power", "class_weights", "min_scale",
-    "max_scale", "flip", "photometric", "eval_every", "log_every", "checkpoint_every",
+    "max_scale", "flip", "photometric", "eval_every", "eval_images", "log_every", "checkpoint_every",
     "keep_checkpoints", "steps_per_run", "steps_per_loop", "seed", "deterministic", "jit_compile", "data_shards", "strategy", "device",
     "cluster", "cluster_port", "worker_timeout",
     "mixed_precision",
@@ -245,6 +250,7 @@ def config_from_flags(f) -> TrainConfig:
         warmup_steps=f.warmup_steps, poly_power=f.poly_power,
         class_weights=_parse_class_weights(f.class_weights), min_scale=f.min_scale,
         max_scale=f.max_scale, flip=f.flip, photometric=f.photometric, eval_every=f.eval_every,
+        eval_images=f.eval_images,
         log_every=f.log_every, checkpoint_every=f.checkpoint_every,
         keep_checkpoints=f.keep_checkpoints, steps_per_run=f.steps_per_run, steps_per_loop=f.steps_per_loop, seed=f.seed,
         deterministic=f.deterministic, jit_compile=f.jit_compile, data_shards=f.data_shards, strategy=f.strategy, device=f.device,

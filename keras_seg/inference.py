@@ -61,6 +61,17 @@ class InferenceConfig:
         """One whole-image pass: the model's own output, nothing averaged."""
         return self.mode == "whole" and tuple(self.scales) == (1.0,) and not self.flip
 
+    def tag(self) -> str:
+        """A file-name suffix: ``""`` for one whole pass, else e.g. ``"-slide352x480-s0.5_1_1.5-flip"``."""
+        if self.plain:
+            return ""
+        out = ""
+        if self.mode == "slide":
+            out += f"-slide{self.window[0]}x{self.window[1]}" + (f"_{self.stride[0]}x{self.stride[1]}" if self.stride else "")
+        if tuple(self.scales) != (1.0,):
+            out += "-s" + "_".join(f"{s:g}" for s in self.scales)
+        return out + ("-flip" if self.flip else "")
+
     def describe(self) -> str:
         """A short label, e.g. ``slide 352x480/240x320, scales 0.75,1,1.25, flip``."""
         parts = [self.mode if self.mode == "whole" else

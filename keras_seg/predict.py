@@ -1,13 +1,19 @@
 r"""Predicts segmentation maps for images, with the Keras model or an exported TFLite model.
 
-    python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds IMAGE [IMAGE ...]
-    python -m keras_seg.predict --pretrained=enet_camvid --out=preds IMAGE [IMAGE ...]
+    python -m keras_seg.predict --model_dir=runs/unet_shapes --out=preds INPUT [INPUT ...]
+    python -m keras_seg.predict --pretrained=enet_camvid --out=preds [--save_probabilities] \
+        [--mode=slide --window=H,W] [--scales=0.75,1,1.25] [--flip] INPUT [INPUT ...]
     python -m keras_seg.predict --tflite=exported/unet_shapes_v1/unet_shapes_int8.tflite \
-        --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] [--tflite_threads=N] IMAGE [IMAGE ...]
+        --out=preds [--tflite_fit=tile|resize] [--tile_overlap=0.25] [--tflite_threads=N] INPUT [INPUT ...]
 
-For each image writes ``<out>/<stem>_label.png`` (8-bit class ids) and
-``<out>/<stem>_overlay.png`` (the image blended with the class palette), both at the
-image's original size.
+An INPUT is an image file, a folder (searched recursively; the images keep their relative
+paths under ``--out``) or a glob pattern (quote it). For each image writes
+``<out>/<stem>_label.png`` (a palette PNG: pixel values are the class ids, shown in the
+dataset's colours by any viewer), ``<out>/<stem>_overlay.png`` (the image blended with the
+palette) and, with ``--save_probabilities``, ``<out>/<stem>_probs.npy`` (float32
+``(H, W, C)``), all at the image's original size. A progress bar runs on stderr. An input
+that is not a readable image is skipped; every such input is listed at the end and the
+command exits with status 1.
 
 ``--tflite`` runs the model with the LiteRT interpreter (no TensorFlow needed for the
 inference itself) and reads the palette from the ``.json`` sidecar beside the file. The
@@ -17,9 +23,10 @@ model's input size is fixed; other sizes are tiled with overlap at native resolu
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,110 +62,202 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5) 
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def write_outputs(out_dir: str, stem: str, image: np.ndarray, labels: np.ndarray, palette) -> List[str]:
-    """Writes the label PNG and the overlay PNG (through temporary names); returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class PredictionFailures(ValueError):
+    """Some inputs could not be predicted; the others were written. ``failures``: (path, reason)."""
+
+    def __init__(self, failures: List[Tuple[str, str]], written: List[str]):
+        self.failures, self.written = failures, written
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in failures)
+        super().__init__(f"{len(failures)} of the inputs failed (the others were written):\n{lines}")
+
+
+def expand_inputs(args: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(path, output stem)`` of every input: files as given, folders searched recursively for
+    images (by extension), glob patterns expanded. A folder's images keep their path relative
+    to it (``out/<sub>/<stem>_label.png``); files and glob matches use their stem.
+
+    Raises:
+      ValueError: a path that matches nothing, or two inputs with the same output name.
+    """
+    out: List[Tuple[str, str]] = []
+    for arg in args:
+        if os.path.isdir(arg):
+            found = sorted(os.path.join(root, f) for root, _, files in os.walk(arg) for f in files
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(f"{arg}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            out += [(p, os.path.splitext(os.path.relpath(p, arg))[0]) for p in found]
+        elif os.path.exists(arg):
+            out.append((arg, os.path.splitext(os.path.basename(arg))[0]))
+        elif glob.has_magic(arg):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise ValueError(f"{arg}: the pattern matches no files.")
+            out += [(p, os.path.splitext(os.path.basename(p))[0]) for p in found]
+        else:
+            raise ValueError(f"{arg}: file not found.")
+    seen: Dict[str, str] = {}
+    for path, stem in out:
+        if stem in seen and seen[stem] != path:
+            raise ValueError(f"{seen[stem]} and {path} would both write {stem}_label.png: pass their folder "
+                             "instead (it keeps relative paths), or predict them into different --out folders.")
+        seen[stem] = path
+    return list(dict.fromkeys(out))
+
+
+def write_outputs(out_dir: str, stem: str, image: np.ndarray, labels: np.ndarray, palette,
+                  probabilities: Optional[np.ndarray] = None) -> List[str]:
+    """Writes ``<stem>_label.png``, ``<stem>_overlay.png`` and, if given, ``<stem>_probs.npy``
+    (through temporary names); returns their paths.
+
+    The label PNG is a palette image: its pixel values are the class ids, and any viewer
+    shows them in the dataset's colours.
+    """
     paths = []
-    for suffix, arr in (("label", labels.astype(np.uint8)), ("overlay", overlay(image, labels, palette))):
-        path = os.path.join(out_dir, f"{stem}_{suffix}.png")
+    base = os.path.join(out_dir, stem)
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    label_png = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = np.zeros((256, 3), np.uint8)
+    flat[: len(palette)] = np.asarray(palette, np.uint8)
+    label_png.putpalette(flat.ravel().tolist())
+    for suffix, pic in (("label", label_png), ("overlay", Image.fromarray(overlay(image, labels, palette)))):
+        path = f"{base}_{suffix}.png"
         tmp = f"{path}.tmp-{os.getpid()}.png"
-        Image.fromarray(arr).save(tmp)
+        pic.save(tmp)
+        os.replace(tmp, path)
+        paths.append(path)
+    if probabilities is not None:
+        path = f"{base}_probs.npy"
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        np.save(tmp, probabilities.astype(np.float32))
         os.replace(tmp, path)
         paths.append(path)
     return paths
 
 
-def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inference=None, probs=None) -> np.ndarray:
+def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inference=None, probs=None,
+                  with_probabilities: bool = False):
     """Class ids (H, W) for one uint8 RGB image, through the model's preprocessing.
 
     ``inference`` (:class:`keras_seg.inference.InferenceConfig`) picks sliding windows,
     multi-scale and flip (default: one whole-image pass); ``probs`` is a reusable
-    :func:`keras_seg.inference.make_probabilities` of ``model``.
+    :func:`keras_seg.inference.make_probabilities` of ``model``. With ``with_probabilities``
+    returns ``(class ids, probabilities (H, W, C) float32)``.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
+    from keras_seg.inference import InferenceConfig, predict_probabilities  # pylint: disable=import-outside-toplevel
 
     x = normalize_image(tf.convert_to_tensor(image[None]), preprocessing)
-    if inference is not None and not inference.plain:
-        from keras_seg.inference import predict_probabilities  # pylint: disable=import-outside-toplevel
-
-        scores = predict_probabilities(model, x, inference, probs)
+    if (inference is not None and not inference.plain) or with_probabilities:
+        scores = predict_probabilities(model, x, inference or InferenceConfig(), probs)
     else:
         scores = model(x, training=False)
     labels = np.asarray(tf.argmax(scores, axis=-1)[0]).astype(np.uint8)
     if labels.shape != image.shape[:2]:
         raise ValueError(f"model returned {labels.shape} for an image of {image.shape[:2]}")
-    return labels
+    return (labels, np.asarray(scores[0], np.float32)) if with_probabilities else labels
+
+
+def _predict_all(inputs: Sequence[str], out_dir: str, predict_one, palette, save_probabilities: bool,
+                 log) -> List[str]:
+    """Runs ``predict_one(image) -> (labels, probabilities or None)`` over the expanded inputs
+    with a progress bar; unreadable inputs are reported at the end (:class:`PredictionFailures`)."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    if not inputs:
+        raise ValueError("no images given: pass image files, folders or glob patterns after the flags.")
+    items = expand_inputs(inputs)
+    written: List[str] = []
+    failures: List[Tuple[str, str]] = []
+    with tqdm(items, desc="predict", unit="img", file=sys.stderr, disable=None) as bar:
+        for path, stem in bar:
+            try:
+                image = read_rgb(path)
+            except ValueError as e:
+                failures.append((path, str(e).split(": ", 1)[-1]))
+                continue
+            labels, probabilities = predict_one(image)
+            written += write_outputs(out_dir, stem, image, labels, palette,
+                                     probabilities if save_probabilities else None)
+    log(f"wrote {len(items) - len(failures)} predictions ({len(written)} files) to {out_dir}")
+    if failures:
+        raise PredictionFailures(failures, written)
+    return written
 
 
 def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print,
-        pretrained: Optional[str] = None, inference=None) -> List[str]:
+        pretrained: Optional[str] = None, inference=None, save_probabilities: bool = False) -> List[str]:
     """Predicts every image with a Keras model; returns written paths.
 
-    The model is the checkpoint of ``model_dir``, or the shipped weights ``pretrained``
-    (a name of :func:`keras_seg.pretrained.available`, e.g. ``"enet_camvid"``), whose class
-    names, palette and preprocessing come with them.
+    ``images`` are files, folders (searched recursively; relative paths are kept under
+    ``out_dir``) or glob patterns. The model is the checkpoint of ``model_dir``, or the
+    shipped weights ``pretrained`` (a name of :func:`keras_seg.pretrained.available`, e.g.
+    ``"enet_camvid"``), whose class names, palette and preprocessing come with them.
+
+    Raises:
+      PredictionFailures: after writing the others, naming every input that is not a
+        readable image.
     """
     from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
+    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
 
-    if not images:
-        raise ValueError("no images given: pass image paths after the flags.")
     if bool(model_dir) == bool(pretrained):
         raise ValueError("pass exactly one of model_dir (a training directory) or pretrained (shipped weights).")
+    expand_inputs(images)  # bad paths fail before the model loads
     if pretrained:
         from keras_seg.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
 
         model, config = load_pretrained(pretrained)
-        log(f"Shipped weights {pretrained!r}: {config['model']} on {config['dataset']} "
-            f"({config['licence']}).")
+        log(f"Shipped weights {pretrained!r}: {config['model']} on {config['dataset']} ({config['licence']})")
     else:
         model, config, _ = load_trained_model(model_dir, checkpoint)
-    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
-
     preprocessing = model_preprocessing(config)
     probs = make_probabilities(model)
-    written = []
-    for i, path in enumerate(images, 1):
-        image = read_rgb(path)
-        labels = predict_keras(model, image, preprocessing, inference, probs)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        written += write_outputs(out_dir, stem, image, labels, config["palette"])
-        log(f"[{i}/{len(images)}] {path}: {image.shape[1]}x{image.shape[0]} -> {written[-2]}, {written[-1]}")
-    return written
+
+    def predict_one(image):
+        if save_probabilities:
+            return predict_keras(model, image, preprocessing, inference, probs, with_probabilities=True)
+        return predict_keras(model, image, preprocessing, inference, probs), None
+
+    return _predict_all(images, out_dir, predict_one, config["palette"], save_probabilities, log)
 
 
 def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str = "tile",
-               overlap: float = 0.25, log=print, num_threads: Optional[int] = None) -> List[str]:
+               overlap: float = 0.25, log=print, num_threads: Optional[int] = None,
+               save_probabilities: bool = False) -> List[str]:
     """Predicts every image with a TFLite export under LiteRT; returns written paths.
 
     Args:
       tflite_path: a ``.tflite`` file written by :mod:`keras_seg.export` (with its sidecar).
-      images: image paths.
+      images: image files, folders or glob patterns (as :func:`run`).
       out_dir: output folder.
       fit: ``tile`` or ``resize``: how images of another size than the model's are run.
       overlap: tile overlap, as a fraction of the tile side.
       log: progress printer.
       num_threads: interpreter threads (``None``: every usable CPU).
+      save_probabilities: also write ``<stem>_probs.npy``.
 
     Raises:
-      ValueError: no images, an unreadable image, or a file that is not a keras_seg export.
+      ValueError: no images, or a file that is not a keras_seg export.
+      PredictionFailures: after writing the others, naming every unreadable input.
     """
     from keras_seg.litert import TFLiteSegmenter  # pylint: disable=import-outside-toplevel
 
-    if not images:
-        raise ValueError("no images given: pass image paths after the flags.")
+    expand_inputs(images)
     segmenter = TFLiteSegmenter(tflite_path, num_threads=num_threads)
     h, w = segmenter.input_size
-    written = []
-    for i, path in enumerate(images, 1):
-        image = read_rgb(path)
-        labels = segmenter.predict(image, fit, overlap)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        written += write_outputs(out_dir, stem, image, labels, segmenter.palette)
-        log(f"[{i}/{len(images)}] {path}: {image.shape[1]}x{image.shape[0]} ({fit}, model {w}x{h}) -> "
-            f"{written[-2]}, {written[-1]}")
-    return written
+    log(f"{tflite_path}: model input {w}x{h}; other sizes: {fit}")
+
+    def predict_one(image):
+        probabilities = segmenter.probabilities(image, fit, overlap)
+        return np.argmax(probabilities, axis=-1).astype(np.uint8), probabilities
+
+    return _predict_all(images, out_dir, predict_one, segmenter.palette, save_probabilities, log)
 
 
 def main(argv):
@@ -176,10 +275,10 @@ def main(argv):
                 raise ValueError("--mode, --window, --stride, --scales and --flip apply to Keras prediction "
                                  "(--model_dir, --pretrained); --tflite tiles with --tflite_fit and --tile_overlap.")
             run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap,
-                       num_threads=FLAGS.tflite_threads)
+                       num_threads=FLAGS.tflite_threads, save_probabilities=FLAGS.save_probabilities)
         else:
             run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
-                inference=inference)
+                inference=inference, save_probabilities=FLAGS.save_probabilities)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -191,6 +290,7 @@ if __name__ == "__main__":
                         "enet_camvid (keras_seg.pretrained.available() lists them).")
     flags.DEFINE_string("tflite", None, "A .tflite file from keras_seg.export (LiteRT prediction), instead of --model_dir.")
     flags.DEFINE_string("out", "predictions", "Output folder.")
+    flags.DEFINE_bool("save_probabilities", False, "Also write <stem>_probs.npy, float32 (H, W, C) class probabilities.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
     flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"],
                       "--tflite: run other image sizes as overlapping tiles at native resolution, or resized.")

@@ -41,7 +41,7 @@ from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import atomic_write_json, class_weights_from_manifest, load_manifest
 from keras_seg.data.pipeline import DataConfig, make_dataset
 from keras_seg.data.preprocess import DEFAULT as DEFAULT_PREPROCESSING
-from keras_seg.data.preprocess import mean_pixel, preprocessing_for
+from keras_seg.data.preprocess import mean_pixel, normalize_image, preprocessing_for
 from keras_seg.distribute import (
     CLUSTER_ERRORS,
     Watchdog,
@@ -134,7 +134,9 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
     if jit_compile:
         forward = tf.function(forward, jit_compile=True)
 
-    @tf.function
+    # reduce_retracing: after two image sizes the graph takes any size, instead of one trace
+    # per size (VOC's val split has hundreds of sizes).
+    @tf.function(reduce_retracing=True)
     def step(images, labels):
         metric.update_state(labels, forward(images))
 
@@ -158,7 +160,42 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
         log(f"evaluated {n} images in {time.time() - start:.1f}s")
     scores["num_images"] = n
     scores["confusion_matrix"] = cm
+    scores["traces"] = int(step.experimental_get_tracing_count()) if hasattr(step, "experimental_get_tracing_count") else None
     return scores
+
+
+def write_eval_images(model: keras.Model, model_config: Dict[str, Any], data_dir: str, split: str,
+                      scores: Dict[str, Any], step: int, count: int, samples: List[Any],
+                      log: Callable[[str], None]) -> None:
+    """TensorBoard images of one evaluation, into the default summary writer: the image sheet
+    of the split's first ``count`` images (image | truth | prediction | errors) and the
+    confusion matrix (:mod:`keras_seg.plot`). Without matplotlib, says so once and writes none."""
+    from keras_seg.plot import confusion_png, pyplot, sheet_png  # pylint: disable=import-outside-toplevel
+    from keras_seg.parity import read_examples  # pylint: disable=import-outside-toplevel
+
+    try:
+        pyplot()
+    except ValueError as e:
+        if not samples:
+            log(f"TensorBoard eval images skipped: {e}")
+            samples.append(None)
+        return
+    if not samples:
+        samples.extend(read_examples(data_dir, split, count))
+    if samples[0] is None:
+        return
+    preprocessing = model_config["preprocessing"]
+    rows = []
+    for image, label in samples:
+        logits = model(normalize_image(image[None], preprocessing), training=False)
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        rows.append((image, label, np.asarray(tf.argmax(logits, -1)[0])))
+    what = f"{model_config['model']} step {step}"
+    for name, png in (("eval/sheet", sheet_png(rows, model_config["palette"], int(model_config["ignore_label"]),
+                                              title=what)),
+                      ("eval/confusion_matrix", confusion_png(scores["confusion_matrix"], model_config["class_names"],
+                                                              title=f"{what}: % of each true class"))):
+        write_png(name, png, step)
 
 
 def format_iou_table(scores: Dict[str, Any], class_names: List[str]) -> str:
@@ -271,6 +308,20 @@ def write_scalar(name: str, value: float, step: int) -> None:
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
         ).SerializeToString()
     tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
+def write_png(name: str, png: bytes, step: int) -> None:
+    """Writes a PNG as a TensorBoard image with core TF ops (the image plugin's
+    ``[width, height, encoded]`` string tensor; no dependency on the tensorboard package)."""
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images")).SerializeToString()
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"write_png({name!r}) needs PNG bytes. Received: {png[:8]!r}...")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
+    tensor = tf.constant([str(width).encode(), str(height).encode(), png], tf.string)
+    tf.summary.write(name, tensor, step=step, metadata=metadata)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -698,6 +749,8 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
     best_json = os.path.join(cfg.model_dir, BEST_DIR, "best.json")
     best_iu = [json.load(open(best_json, encoding="utf-8"))["mean_iu"] if os.path.isfile(best_json) else None]
 
+    eval_samples: List[Any] = []  # the first eval_images examples, read once
+
     def run_eval(step: int) -> Optional[Dict[str, Any]]:
         # Every worker evaluates its shard of the split; the confusion matrices are summed.
         if not cfg.eval_split:
@@ -717,6 +770,12 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
                 with eval_writer.as_default(step=step):
                     for k in ("mean_iu", "acc", "acc_cls", "fwavacc"):
                         write_scalar(k, scores[k], step)
+                    for name, iu in zip(class_names, scores["iu"]):
+                        if iu == iu:  # NaN: class absent from truth and prediction
+                            write_scalar(f"iou/{name}", float(iu), step)
+                    if cfg.eval_images:
+                        write_eval_images(model, model_config, cfg.data_dir, cfg.eval_split, scores, step,
+                                          cfg.eval_images, eval_samples, log)
                 eval_writer.flush()
         log(f"eval @ step {step}: mean_iu {scores['mean_iu']:.4f}  acc {scores['acc']:.4f}  "
             f"acc_cls {scores['acc_cls']:.4f}  fwavacc {scores['fwavacc']:.4f}")

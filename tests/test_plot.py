@@ -24,12 +24,25 @@ def test_plot_draws_the_runs_curves_and_writes_the_eval_csv(tmp_path):
                    workers=1, log=lambda m: None)
     cfg = TrainConfig(model="unet", num_classes=3, data_dir=str(tmp_path / "tfr"), model_dir=str(tmp_path / "run"),
                       model_options={"base_width": 4, "depth": 2}, crop_size=(16, 16), batch_size=2, train_steps=6,
-                      log_every=2, eval_every=3, checkpoint_every=3, strategy="one_device")
+                      log_every=2, eval_every=3, checkpoint_every=3, strategy="one_device", eval_images=2)
     cfg.validate()
     train(cfg, log=lambda m: None)
     data = curves(str(tmp_path / "run"))
     assert [s for s, _, _ in data["train"]["loss"]] == [2, 4, 6]
     assert [s for s, _, _ in data["eval"]["mean_iu"]] == [3, 6]
+    assert {"iou/a", "iou/b", "iou/c"} <= set(data["eval"])  # per-class IoU scalars
+    tags = set()
+    import tensorflow as tf
+
+    for path in (tmp_path / "run" / "eval").glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "images":
+                    tags.add((value.tag, event.step))
+                    width, height = (int(b) for b in tf.make_ndarray(value.tensor)[:2])
+                    assert width > 100 and height > 100  # a real picture, not an empty one
+    assert tags == {("eval/sheet", 3), ("eval/confusion_matrix", 3), ("eval/sheet", 6), ("eval/confusion_matrix", 6)}
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     r = subprocess.run([sys.executable, "-m", "keras_seg.plot", f"--model_dir={tmp_path / 'run'}",
                         f"--csv={tmp_path / 'c.csv'}"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
@@ -41,6 +54,16 @@ def test_plot_draws_the_runs_curves_and_writes_the_eval_csv(tmp_path):
         rec = json.loads((tmp_path / "run" / "eval" / f"metrics-{int(row['step']):08d}.json").read_text())
         assert float(row["mean_iu"]) == pytest.approx(rec["mean_iu"], abs=1e-4)
         assert 0 <= float(row["hours"]) < 1
+    # evaluate writes its pictures next to its JSON.
+    r = subprocess.run([sys.executable, "-m", "keras_seg.evaluate", f"--model_dir={tmp_path / 'run'}",
+                        "--sheet_images=2", "--scales=1,1.5", "--flip"], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stem = tmp_path / "run" / "eval" / "evaluate-val-00000006-s1_1.5-flip"
+    assert json.loads(open(f"{stem}.json").read())["inference"]["flip"] is True
+    for suffix in ("-confusion.png", "-iou.png", "-sheet.png"):
+        with Image.open(f"{stem}{suffix}") as im:
+            assert im.format == "PNG" and min(im.size) > 100, suffix
     r = subprocess.run([sys.executable, "-m", "keras_seg.plot", f"--model_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r.returncode == 1 and "hold no TensorBoard scalars" in r.stderr

@@ -124,8 +124,11 @@ def test_cli_flagfiles_nest_and_unknown_flag_hint(data_dir, tmp_path):
 def test_evaluate_and_predict_refuse_untrained_dir(tmp_path):
     with pytest.raises(CheckpointError, match="not a keras_seg training directory"):
         load_trained_model(str(tmp_path))
-    r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", "x.png"])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", str(tmp_path / "x.png")])
     assert r.returncode == 1 and "not a keras_seg training directory" in r.stderr
+    r = _run(["-m", "keras_seg.predict", f"--model_dir={tmp_path}", str(tmp_path / "missing.png")])
+    assert r.returncode == 1 and "missing.png: file not found" in r.stderr  # inputs are checked first
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])

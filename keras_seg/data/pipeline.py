@@ -135,8 +135,17 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
         pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
     if not cfg.training:  # every example exactly once, in any order
         ds = _example_stream(cfg, files, with_weights, pipeline, pipelines, 0)
-        ignore = manifest["ignore_label"]
-        return ds.padded_batch(batch, padding_values=(0.0, ignore, 0.0)).prefetch(AUTOTUNE)
+        if batch == 1:
+            return ds.batch(1).prefetch(AUTOTUNE)
+        # Batches of same-size images only: padding would be seen by the model (image pooling
+        # in PSPNet and DeepLab v3 would change every prediction), so a batch never mixes sizes
+        # and batched evaluation gives batch 1's confusion matrix.
+        return ds.group_by_window(
+            key_func=lambda image, label, weight: tf.cast(tf.shape(image)[0], tf.int64) * 1_000_003
+            + tf.cast(tf.shape(image)[1], tf.int64),
+            reduce_func=lambda key, window: window.batch(batch),
+            window_size=batch,
+        ).prefetch(AUTOTUNE)
 
     shards = cfg.num_shards or pipelines
     if shards % pipelines or cfg.batch_size % shards:
