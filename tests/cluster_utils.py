@@ -99,5 +99,11 @@ def wait_for(predicate, timeout, what, poll=0.05):
 
 
 def max_relative_difference(a, b):
-    """Largest ``max|a - b| / max|a|`` over matching weight lists."""
+    """Largest ``max|a - b| / max|a|`` over matching weight lists (of equal length and shapes)."""
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise AssertionError(f"weight lists differ in length: {len(a)} against {len(b)}")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if np.shape(x) != np.shape(y):
+            raise AssertionError(f"weight {i}: shape {np.shape(x)} against {np.shape(y)}")
     return max(float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(x))), 1e-12)) for x, y in zip(a, b))

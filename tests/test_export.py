@@ -196,8 +196,12 @@ def test_parity_report_json_and_table(exported):
     assert set(report["formats"]) == {"saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8"}
     for name, r in report["formats"].items():
         assert {"size_mb", "mean_iu", "agreement", "max_abs_prob_diff", "per_class", "iu"} <= set(r), name
-        assert 0.0 <= r["agreement"] <= 100.0 and r["size_mb"] > 0
+        assert r["size_mb"] > 0
         assert set(r["per_class"]) == {"a", "b", "c"}
+    # Parity with Keras, pixel agreement in %: float formats all but exact, int8 close.
+    want = {"saved_model": 99.9, "tflite_fp32": 99.9, "tflite_fp16": 99.9, "tflite_dynamic": 99.0, "tflite_int8": 98.0}
+    for name, floor in want.items():
+        assert report["formats"][name]["agreement"] >= floor, (name, report["formats"][name]["agreement"])
     assert report["formats"]["saved_model"]["agreement"] > 99.9
     assert report["formats"]["saved_model"]["max_abs_prob_diff"] < 1e-5
     text = open(os.path.join(exported["out"], "tiny_unet_v1", "parity.txt")).read()

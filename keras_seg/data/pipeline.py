@@ -73,7 +73,11 @@ def _example_stream(cfg: DataConfig, files, with_weights: bool, shard: int, num_
         files = files[shard::num_shards]
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cfg.training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        # Shards that split the examples of the same files must read them in the same order,
+        # or they would draw from different orderings instead of splitting one: the file
+        # order's seed is then common to all shards.
+        file_seed = shard_seed(cfg.seed, -1 % (1 << 32)) if shard_examples else seed
+        ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(len(files), 8)),

@@ -1,5 +1,7 @@
 """keras_seg.data: decode, augment, normalise and make_dataset."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -109,3 +111,34 @@ def test_augment_pads_images_with_the_mean_colour_after_the_jitter():
         np.testing.assert_allclose(img[padded], np.broadcast_to(MEAN_PIXEL, (padded.sum(), 3)), rtol=1e-6)
         np.testing.assert_allclose(normalize_image(img[padded]).numpy(), 0.0, atol=1e-5)
         assert not np.allclose(img[:6, :8], ex["image"].numpy())  # the source pixels were jittered
+
+
+def test_shards_split_one_ordering_when_there_are_fewer_files_than_shards(tmp_path):
+    # 3 files of 4 records and 4 shards: each shard keeps every 4th record of the files read
+    # in one common order, so one epoch's 12 draws (3 global batches of one record per shard)
+    # are the 12 records, each once. With per-shard file orders, some came 3 times, some never.
+    from data_prep.folder import convert_folder
+    from tests.data.fixtures import write_pair
+
+    for i in range(12):
+        write_pair(tmp_path / "src", "train", f"t{i:02d}", h=8, w=8, seed=i)
+    convert_folder(str(tmp_path / "src/images"), str(tmp_path / "src/masks"), str(tmp_path / "tfr"), ["a", "b", "c"],
+                   workers=1, log=lambda m: None)
+    # Re-shard into exactly 3 files of 4 records (equal files: interleave ends them together).
+    manifest_path = tmp_path / "tfr" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    records = [r.numpy() for f in manifest["splits"]["train"]["files"]
+               for r in tf.data.TFRecordDataset(str(tmp_path / "tfr" / f))]
+    assert len(records) == 12
+    names = [f"train3-{i}.tfrecord" for i in range(3)]
+    for i, name in enumerate(names):
+        with tf.io.TFRecordWriter(str(tmp_path / "tfr" / name)) as w:
+            for r in records[4 * i : 4 * i + 4]:
+                w.write(r)
+    manifest["splits"]["train"]["files"] = names
+    manifest_path.write_text(json.dumps(manifest))
+    aug = AugmentConfig(crop_size=(8, 8), min_scale=1.0, max_scale=1.0, flip=False, photometric=False)
+    for seed in (0, 1):
+        cfg = DataConfig(str(tmp_path / "tfr"), "train", 4, True, aug, seed=seed, shuffle_buffer=1, num_shards=4)
+        draws = [round(float(img.numpy().sum()), 3) for images, _, _ in make_dataset(cfg).take(3) for img in images]
+        assert len(draws) == 12 and len(set(draws)) == 12, draws
