@@ -132,15 +132,20 @@ class BatchNorm(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-def batch_norm(name: str, momentum: float = 0.9, epsilon: float = 1e-3) -> keras.layers.Layer:
+def batch_norm(
+    name: str, momentum: float = 0.9, epsilon: float = 1e-3, gamma_initializer="ones"
+) -> keras.layers.Layer:
     """Batch normalization that uses the global batch statistics across replicas.
 
     Momentum 0.9 (PyTorch's 0.1) lets the moving statistics settle within short runs.
     ``synchronized=True`` makes multi-replica training compute the same statistics as
     single-device training on the same global batch; on one device it is plain batch norm,
-    run as one fused kernel (:class:`BatchNorm`).
+    run as one fused kernel (:class:`BatchNorm`). ``gamma_initializer="zeros"`` starts a
+    residual branch's last normalisation at zero, so the block starts as its shortcut.
     """
-    return BatchNorm(momentum=momentum, epsilon=epsilon, synchronized=True, name=name)
+    return BatchNorm(
+        momentum=momentum, epsilon=epsilon, gamma_initializer=gamma_initializer, synchronized=True, name=name
+    )
 
 
 def conv_bn_act(
