@@ -15,7 +15,7 @@ def test_public_api():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"Did you mean \['unet'.*Valid names: \['deconvnet'"):
+    with pytest.raises(ValueError, match=r"Did you mean \['unet'.*Valid names: \['bisenet_v2', 'deconvnet'"):
         keras_seg.build_model("unett", 3)
     with pytest.raises(ValueError, match="Valid names"):
         keras_seg.tiny_options("nope")

@@ -3,6 +3,7 @@
 Each family module is imported explicitly here: this is the only registration side effect.
 """
 
+from keras_seg.models import bisenet  # noqa: F401
 from keras_seg.models import deconvnet  # noqa: F401
 from keras_seg.models import deeplab  # noqa: F401
 from keras_seg.models import enet  # noqa: F401
