@@ -1,4 +1,4 @@
-"""Training with auxiliary outputs (PSPNet's aux head, G-FRNet's deep supervision)."""
+"""Training with auxiliary outputs (PSPNet's aux head, G-FRNet's deep supervision, BiSeNet V2's boosters)."""
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
     return str(root / "tfr")
 
 
-@pytest.mark.parametrize("name", ["pspnet", "gfrnet"])
+@pytest.mark.parametrize("name", ["pspnet", "gfrnet", "bisenet_v2"])
 def test_aux_outputs_train_and_export_view_has_one_output(name, data_dir, tmp_path):
     spec = keras_seg.get_spec(name)
     assert spec.aux_weights
