@@ -9,20 +9,17 @@ import sys
 import pytest
 from PIL import Image
 
-from data_prep.folder import convert_folder
 from keras_seg.flags import TrainConfig
 from keras_seg.plot import curves
 from keras_seg.training import train
-from tests.data.fixtures import make_folder_dataset
+from tests.data.fixtures import make_converted_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_plot_draws_the_runs_curves_and_writes_the_eval_csv(tmp_path):
-    make_folder_dataset(tmp_path / "src", n_train=4, n_val=2)
-    convert_folder(str(tmp_path / "src/images"), str(tmp_path / "src/masks"), str(tmp_path / "tfr"), ["a", "b", "c"],
-                   workers=1, log=lambda m: None)
-    cfg = TrainConfig(model="unet", num_classes=3, data_dir=str(tmp_path / "tfr"), model_dir=str(tmp_path / "run"),
+    data_dir = make_converted_dataset(str(tmp_path), n_train=4, n_val=2)
+    cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=str(tmp_path / "run"),
                       model_options={"base_width": 4, "depth": 2}, crop_size=(16, 16), batch_size=2, train_steps=6,
                       log_every=2, eval_every=3, checkpoint_every=3, strategy="one_device", eval_images=2)
     cfg.validate()

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.folder import convert_folder
 from keras_seg.checkpoints import load_trained_model
 from keras_seg.flags import TrainConfig
 from keras_seg.predict import expand_inputs, predict_keras
 from keras_seg.training import train
-from tests.data.fixtures import make_folder_dataset
+from tests.data.fixtures import make_converted_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,10 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pred")
-    make_folder_dataset(root / "src", n_train=4, n_val=2)
-    convert_folder(str(root / "src/images"), str(root / "src/masks"), str(root / "tfr"), ["a", "b", "c"],
-                   workers=1, log=lambda m: None)
-    cfg = TrainConfig(model="unet", num_classes=3, data_dir=str(root / "tfr"), model_dir=str(root / "run"),
+    data_dir = make_converted_dataset(str(root), n_train=4, n_val=2)
+    cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=str(root / "run"),
                       model_options={"base_width": 4, "depth": 2}, crop_size=(16, 16), batch_size=2, train_steps=2,
                       log_every=1, checkpoint_every=2, strategy="one_device", eval_split="")
     cfg.validate()

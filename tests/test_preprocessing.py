@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep.folder import convert_folder
 from keras_seg.checkpoints import load_trained_model, model_preprocessing
 from keras_seg.data import DataConfig, make_dataset
 from keras_seg.data.preprocess import mean_pixel, normalize_image, preprocessing_for, preprocessing_record
 from keras_seg.flags import TrainConfig
 from keras_seg.predict import predict_keras
 from keras_seg.training import train
-from tests.data.fixtures import make_folder_dataset
+from tests.data.fixtures import make_converted_dataset, make_folder_dataset
 
 TINY = {"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
 
@@ -23,10 +22,9 @@ TINY = {"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("prep")
-    pairs = make_folder_dataset(root / "src", n_train=4, n_val=2)
-    convert_folder(str(root / "src/images"), str(root / "src/masks"), str(root / "tfr"), ["a", "b", "c"],
-                   workers=1, log=lambda m: None)
-    return str(root / "tfr"), pairs
+    data_dir = make_converted_dataset(str(root), n_train=4, n_val=2)
+    pairs = make_folder_dataset(root / "check", n_train=4, n_val=2)  # the same seeds: the same pictures
+    return data_dir, pairs
 
 
 def test_caffe_mode_is_keras_applications_preprocess_input():

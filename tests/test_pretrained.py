@@ -11,12 +11,11 @@ import pytest
 from PIL import Image
 
 import keras_seg
-from data_prep.folder import convert_folder
 from keras_seg import pretrained
 from keras_seg.checkpoints import load_trained_model
 from keras_seg.flags import TrainConfig
 from keras_seg.training import train
-from tests.data.fixtures import make_folder_dataset
+from tests.data.fixtures import make_converted_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}
@@ -27,10 +26,8 @@ SHIPPED = ("enet_camvid",)  # every entry docs/model_zoo.md lists as shipped
 def packaged(tmp_path_factory):
     """A tiny U-Net run packaged as entry unet_toy in a temporary weights folder."""
     root = tmp_path_factory.mktemp("pre")
-    make_folder_dataset(root / "src", n_train=4, n_val=2)
-    convert_folder(str(root / "src/images"), str(root / "src/masks"), str(root / "tfr"), ["a", "b", "c"],
-                   workers=1, log=lambda m: None)
-    cfg = TrainConfig(model="unet", num_classes=3, data_dir=str(root / "tfr"), model_dir=str(root / "run"),
+    data_dir = make_converted_dataset(str(root), n_train=4, n_val=2)
+    cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=str(root / "run"),
                       model_options=TINY, crop_size=(16, 16), batch_size=2, train_steps=2, log_every=1,
                       checkpoint_every=2, eval_every=2, strategy="one_device")
     cfg.validate()

@@ -26,3 +26,14 @@ def make_folder_dataset(root, n_train=6, n_val=2, **kw):
         for i in range(n):
             out[split].append(write_pair(root, split, f"{split}{i:03d}", seed=(0 if split == "train" else 500) + i, **kw))
     return out
+
+
+def make_converted_dataset(root, n_train=6, n_val=2, class_names=("a", "b", "c")) -> str:
+    """A two-split folder dataset under ``root/src`` converted to TFRecords in ``root/tfr``; returns that path."""
+    from data_prep.folder import convert_folder  # pylint: disable=import-outside-toplevel
+
+    make_folder_dataset(os.path.join(root, "src"), n_train=n_train, n_val=n_val)
+    out = os.path.join(root, "tfr")
+    convert_folder(os.path.join(root, "src", "images"), os.path.join(root, "src", "masks"), out, list(class_names),
+                   workers=1, log=lambda m: None)
+    return out

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_seg
+from keras_seg.flags import TRAIN_FLAGS
 from keras_seg.models.backbones import VGG16_BLOCKS, load_vgg16_weights, vgg16_features
 from keras_seg.models.blocks import BilinearUpsampling, PadToMultiple, bilinear_kernel
 from keras_seg.models.fcn import FCN_CROP_OFFSETS
@@ -577,12 +578,7 @@ CONFIGS = {
     "fcn8s_voc.cfg": ("fcn8s", "configs/base/voc.cfg"),
     **{f"{m}_camvid.cfg": (m, "configs/base/camvid.cfg") for m in FAMILY},
 }
-TRAINER_FLAGS = {
-    "flagfile", "model", "num_classes", "model_opt", "data_dir", "train_split", "eval_split",
-    "crop_size", "batch_size", "train_steps", "optimizer", "learning_rate", "momentum",
-    "weight_decay", "warmup_steps", "poly_power", "class_weights", "min_scale", "max_scale",
-    "model_dir", "eval_every", "log_every", "seed",
-}
+TRAINER_FLAGS = set(TRAIN_FLAGS) | {"flagfile"}  # the trainer's own list, never a stale copy
 
 
 def _read_flags(path):
