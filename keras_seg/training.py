@@ -738,6 +738,7 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
     iterator = iter(dist_ds)
     num_classes = cfg.num_classes
 
+    schedule = PolyWithWarmup(cfg.learning_rate, cfg.train_steps, cfg.warmup_steps, cfg.poly_power)
     l2 = cfg.weight_decay if cfg.weight_decay_mode == "coupled" else 0.0
     train_loop = make_train_loop(model, optimizer, strategy, num_classes, ignore_label,
                                  class_weights, aux_weights, jit_compile=cfg.jit_compile, l2=l2)
@@ -822,7 +823,9 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
                 now = time.time()
                 ips = window_steps * cfg.batch_size / max(now - window_start, 1e-9)
                 eta = (cfg.train_steps - step) * cfg.batch_size / max(ips, 1e-9)
-                lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else float(optimizer.learning_rate)
+                # The rate the last step used (the schedule at its iteration, step - 1), not the
+                # optimizer's current one, which is already the next step's.
+                lr = float(schedule(step - 1))
                 log(f"step {step}/{cfg.train_steps}  loss {loss_value:.4f}  lr {lr:.3g}  "
                     f"{ips:.1f} img/s  ETA {_fmt_time(eta)}")
                 if chief:

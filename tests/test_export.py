@@ -97,6 +97,24 @@ def test_layout_and_metadata(exported):
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no staging leftovers
 
 
+def test_tflite_formats_agree_with_keras_at_their_input_size(exported):
+    # Without tiling: every format against Keras on the same 16x16 crops of the val images,
+    # pixels whose Keras top two classes are a near-tie (< 1e-4) left out.
+    from keras_seg.parity import read_examples
+
+    crops = [image[y : y + 16, x : x + 16] for image, _ in read_examples(exported["data_dir"], "val")
+             for y, x in ((0, 0), (4, 8))]
+    ref = _keras_probs(exported["model"], np.stack(crops))
+    top2 = np.sort(ref, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4
+    floors = {"fp32": 99.9, "fp16": 99.9, "dynamic": 99.0, "int8": 98.0}
+    for kind, floor in floors.items():
+        seg = TFLiteSegmenter(exported["result"].paths[f"tflite_{kind}"])
+        ids = np.stack([seg.predict(c) for c in crops])
+        agreement = 100 * np.mean(ids[clear] == ref.argmax(-1)[clear])
+        assert agreement >= floor, (kind, agreement)
+
+
 def test_saved_model_default_signature_equals_keras_at_two_sizes(exported):
     fn = tf.saved_model.load(exported["result"].paths["saved_model"]).signatures["serving_default"]
     rng = np.random.default_rng(3)
@@ -198,10 +216,10 @@ def test_parity_report_json_and_table(exported):
         assert {"size_mb", "mean_iu", "agreement", "max_abs_prob_diff", "per_class", "iu"} <= set(r), name
         assert r["size_mb"] > 0
         assert set(r["per_class"]) == {"a", "b", "c"}
-    # Parity with Keras, pixel agreement in %: float formats all but exact, int8 close.
-    want = {"saved_model": 99.9, "tflite_fp32": 99.9, "tflite_fp16": 99.9, "tflite_dynamic": 99.0, "tflite_int8": 98.0}
-    for name, floor in want.items():
-        assert report["formats"][name]["agreement"] >= floor, (name, report["formats"][name]["agreement"])
+    # The report runs the 16x16 TFLite models tiled over 20x24 images against whole-image
+    # Keras, so tile borders cost even fp32 a little (measured 98.7%).
+    for name in ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8"):
+        assert report["formats"][name]["agreement"] >= 95.0, (name, report["formats"][name]["agreement"])
     assert report["formats"]["saved_model"]["agreement"] > 99.9
     assert report["formats"]["saved_model"]["max_abs_prob_diff"] < 1e-5
     text = open(os.path.join(exported["out"], "tiny_unet_v1", "parity.txt")).read()

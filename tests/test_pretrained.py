@@ -71,7 +71,7 @@ def test_unknown_or_mismatched_weights_are_refused_with_the_choices(packaged):
     with pytest.raises(ValueError, match="Pass num_classes=11"):
         keras_seg.build_model("enet", 12, weights="camvid")
     with pytest.raises(ValueError, match="these differ"):
-        keras_seg.build_model("enet", 11, weights="camvid", encoder_only=True)
+        keras_seg.build_model("enet", 11, weights="camvid", stage23_blocks=8)
 
 
 def test_a_corrupt_weights_file_is_named(packaged, tmp_path):

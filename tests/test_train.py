@@ -190,3 +190,15 @@ def test_steps_until_boundary():
     assert steps_until_boundary(0, 100, 10, 3, 4, 5) == 3
     assert steps_until_boundary(3, 100, 10, 3, 4, 5) == 1  # checkpoint at 4
     assert steps_until_boundary(0, 100, 1, 50, 500, 0) == 1
+
+
+def test_logged_learning_rate_is_the_one_the_logged_step_used(data_dir, tmp_path):
+    # Poly with power 1 from 0.01 over 4 steps: step k (k = 1..4) uses 0.01 * (1 - (k - 1) / 4).
+    logs = []
+    train(_cfg(data_dir, tmp_path / "lr", poly_power=1.0, log_every=1, eval_split=""), log=logs.append)
+    got = [float(l.split("  lr ")[1].split()[0]) for l in logs if l.startswith("step ")]
+    np.testing.assert_allclose(got, [0.01, 0.0075, 0.005, 0.0025], rtol=1e-6)
+    from keras_seg.plot import curves
+
+    logged = {s: v for s, _, v in curves(str(tmp_path / "lr"))["train"]["learning_rate"]}
+    np.testing.assert_allclose([logged[k] for k in (1, 2, 3, 4)], got, rtol=1e-6)

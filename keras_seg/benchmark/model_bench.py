@@ -304,12 +304,14 @@ def _saved_model(spec: BenchSpec, model, x_u8, workdir: str, result: Dict[str, A
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from keras_seg.benchmark.timing import time_calls  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.preprocess import preprocessing_record  # pylint: disable=import-outside-toplevel
     from keras_seg.export import dir_size, write_saved_model  # pylint: disable=import-outside-toplevel
 
     c = spec.num_classes
     metadata = {"model": spec.model, "model_options": {}, "num_classes": c,
                 "class_names": [f"class{i}" for i in range(c)], "palette": [[i, i, i] for i in range(c)],
-                "ignore_label": 255, "dataset": "benchmark", "checkpoint": "random initialisation"}
+                "ignore_label": 255, "dataset": "benchmark", "checkpoint": "random initialisation",
+                "preprocessing": preprocessing_record("imagenet")}
     path = os.path.join(workdir, "saved_model")
     t0 = time.perf_counter()
     write_saved_model(model, metadata, path)
