@@ -163,17 +163,28 @@ def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inf
     return (labels, np.asarray(scores[0], np.float32)) if with_probabilities else labels
 
 
-def _predict_all(inputs: Sequence[str], out_dir: str, predict_one, palette, save_probabilities: bool,
-                 log) -> List[str]:
-    """Runs ``predict_one(image) -> (labels, probabilities or None)`` over the expanded inputs
-    with a progress bar; unreadable inputs are reported at the end (:class:`PredictionFailures`)."""
+def _predict_all(inputs: Sequence[str], out_dir: str, predict_batch, palette, save_probabilities: bool,
+                 log, batch_size: int = 1) -> List[str]:
+    """Runs ``predict_batch([images]) -> [(labels, probabilities or None)]`` over the expanded
+    inputs, up to ``batch_size`` consecutive images of one size at a time, with a progress bar;
+    unreadable inputs are reported at the end (:class:`PredictionFailures`)."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     if not inputs:
         raise ValueError("no images given: pass image files, folders or glob patterns after the flags.")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1. Received: batch_size={batch_size}")
     items = expand_inputs(inputs)
     written: List[str] = []
     failures: List[Tuple[str, str]] = []
+    pending: List[Tuple[str, np.ndarray]] = []
+
+    def flush():
+        for (stem, image), (labels, probabilities) in zip(pending, predict_batch([im for _, im in pending])):
+            written.extend(write_outputs(out_dir, stem, image, labels, palette,
+                                         probabilities if save_probabilities else None))
+        pending.clear()
+
     with tqdm(items, desc="predict", unit="img", file=sys.stderr, disable=None) as bar:
         for path, stem in bar:
             try:
@@ -181,9 +192,10 @@ def _predict_all(inputs: Sequence[str], out_dir: str, predict_one, palette, save
             except ValueError as e:
                 failures.append((path, str(e).split(": ", 1)[-1]))
                 continue
-            labels, probabilities = predict_one(image)
-            written += write_outputs(out_dir, stem, image, labels, palette,
-                                     probabilities if save_probabilities else None)
+            if pending and (pending[0][1].shape != image.shape or len(pending) == batch_size):
+                flush()
+            pending.append((stem, image))
+        flush()
     log(f"wrote {len(items) - len(failures)} predictions ({len(written)} files) to {out_dir}")
     if failures:
         raise PredictionFailures(failures, written)
@@ -191,8 +203,12 @@ def _predict_all(inputs: Sequence[str], out_dir: str, predict_one, palette, save
 
 
 def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print,
-        pretrained: Optional[str] = None, inference=None, save_probabilities: bool = False) -> List[str]:
+        pretrained: Optional[str] = None, inference=None, save_probabilities: bool = False,
+        batch_size: int = 1) -> List[str]:
     """Predicts every image with a Keras model; returns written paths.
+
+    Up to ``batch_size`` consecutive images of the same size run in one forward pass (never
+    padded to a common size, so a batch predicts what one image at a time would).
 
     ``images`` are files, folders (searched recursively; relative paths are kept under
     ``out_dir``) or glob patterns. The model is the checkpoint of ``model_dir``, or the
@@ -219,12 +235,19 @@ def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoin
     preprocessing = model_preprocessing(config)
     probs = make_probabilities(model)
 
-    def predict_one(image):
-        if save_probabilities:
-            return predict_keras(model, image, preprocessing, inference, probs, with_probabilities=True)
-        return predict_keras(model, image, preprocessing, inference, probs), None
+    def predict_batch(batch):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    return _predict_all(images, out_dir, predict_one, config["palette"], save_probabilities, log)
+        from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
+        from keras_seg.inference import InferenceConfig, predict_probabilities  # pylint: disable=import-outside-toplevel
+
+        x = normalize_image(tf.convert_to_tensor(np.stack(batch)), preprocessing)
+        p = np.asarray(predict_probabilities(model, x, inference or InferenceConfig(), probs))
+        if p.shape[1:3] != batch[0].shape[:2]:
+            raise ValueError(f"model returned {p.shape[1:3]} for images of {batch[0].shape[:2]}")
+        return [(np.argmax(pi, axis=-1).astype(np.uint8), pi) for pi in p]
+
+    return _predict_all(images, out_dir, predict_batch, config["palette"], save_probabilities, log, batch_size)
 
 
 def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str = "tile",
@@ -253,11 +276,14 @@ def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str =
     h, w = segmenter.input_size
     log(f"{tflite_path}: model input {w}x{h}; other sizes: {fit}")
 
-    def predict_one(image):
-        probabilities = segmenter.probabilities(image, fit, overlap)
-        return np.argmax(probabilities, axis=-1).astype(np.uint8), probabilities
+    def predict_batch(batch):  # the TFLite model takes one image at a time
+        out = []
+        for image in batch:
+            probabilities = segmenter.probabilities(image, fit, overlap)
+            out.append((np.argmax(probabilities, axis=-1).astype(np.uint8), probabilities))
+        return out
 
-    return _predict_all(images, out_dir, predict_one, segmenter.palette, save_probabilities, log)
+    return _predict_all(images, out_dir, predict_batch, segmenter.palette, save_probabilities, log)
 
 
 def main(argv):
@@ -278,7 +304,7 @@ def main(argv):
                        num_threads=FLAGS.tflite_threads, save_probabilities=FLAGS.save_probabilities)
         else:
             run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
-                inference=inference, save_probabilities=FLAGS.save_probabilities)
+                inference=inference, save_probabilities=FLAGS.save_probabilities, batch_size=FLAGS.batch_size)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -290,6 +316,8 @@ if __name__ == "__main__":
                         "enet_camvid (keras_seg.pretrained.available() lists them).")
     flags.DEFINE_string("tflite", None, "A .tflite file from keras_seg.export (LiteRT prediction), instead of --model_dir.")
     flags.DEFINE_string("out", "predictions", "Output folder.")
+    flags.DEFINE_integer("batch_size", 1, "Keras prediction: up to this many consecutive images of one size per "
+                         "forward pass (never padded).", lower_bound=1)
     flags.DEFINE_bool("save_probabilities", False, "Also write <stem>_probs.npy, float32 (H, W, C) class probabilities.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
     flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"],

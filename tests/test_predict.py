@@ -84,3 +84,20 @@ def test_globs_and_name_clashes(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="folder holds no images"):
         expand_inputs([str(tmp_path / "empty")])
+
+
+def test_batches_of_same_size_images_predict_what_single_images_do(model_dir, tmp_path):
+    from keras_seg.predict import run
+
+    rng = np.random.default_rng(3)
+    for i, shape in enumerate([(20, 24)] * 4 + [(17, 31), (20, 24)]):
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    one = run(model_dir, [str(tmp_path / "im*.png")], str(tmp_path / "b1"), log=lambda m: None, save_probabilities=True)
+    three = run(model_dir, [str(tmp_path / "im*.png")], str(tmp_path / "b3"), log=lambda m: None,
+                save_probabilities=True, batch_size=3)
+    assert len(one) == len(three) == 18
+    for a, b in zip(sorted(one), sorted(three)):
+        if a.endswith(".npy"):
+            np.testing.assert_allclose(np.load(a), np.load(b), atol=1e-5)
+        elif a.endswith("_label.png"):
+            np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
