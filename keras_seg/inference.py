@@ -18,7 +18,9 @@ Everything works on preprocessed float32 images ``(B, H, W, 3)`` and returns pro
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
+
+from keras_seg.litert import tile_starts as window_starts  # starts every stride, the last flush with the end
 
 MODES = ("whole", "slide")
 
@@ -124,19 +126,10 @@ def inference_from_flags(f) -> InferenceConfig:
                            scales=parse_scales(f.scales), flip=f.flip).validate()
 
 
-def window_starts(length: int, window: int, stride: int) -> List[int]:
-    """Starts of windows of ``window`` covering ``[0, length)`` every ``stride``, the last flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
-
-
 def make_probabilities(model) -> Callable[[tf.Tensor], tf.Tensor]:
     """``probs(x)``: the softmax of the model's logits (its first output), traced once per
     input rank and dtype, not per image size (``reduce_retracing``)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
 
     @tf.function(reduce_retracing=True)
     def probs(x):

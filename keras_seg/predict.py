@@ -138,34 +138,35 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray, labels: np.ndarray
     return paths
 
 
-def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inference=None, probs=None,
-                  with_probabilities: bool = False):
-    """Class ids (H, W) for one uint8 RGB image, through the model's preprocessing.
-
-    ``inference`` (:class:`keras_seg.inference.InferenceConfig`) picks sliding windows,
-    multi-scale and flip (default: one whole-image pass); ``probs`` is a reusable
-    :func:`keras_seg.inference.make_probabilities` of ``model``. With ``with_probabilities``
-    returns ``(class ids, probabilities (H, W, C) float32)``.
-    """
+def predict_batch(model, images: Sequence[np.ndarray], preprocessing: str = "imagenet", inference=None,
+                  probs=None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``[(class ids (H, W) uint8, probabilities (H, W, C) float32)]`` for same-size uint8 RGB
+    images, in one pass through the model's preprocessing and ``inference``
+    (:class:`keras_seg.inference.InferenceConfig`, default one whole-image pass); ``probs`` is
+    a reusable :func:`keras_seg.inference.make_probabilities` of ``model``."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
     from keras_seg.inference import InferenceConfig, predict_probabilities  # pylint: disable=import-outside-toplevel
 
-    x = normalize_image(tf.convert_to_tensor(image[None]), preprocessing)
-    if (inference is not None and not inference.plain) or with_probabilities:
-        scores = predict_probabilities(model, x, inference or InferenceConfig(), probs)
-    else:
-        scores = model(x, training=False)
-    labels = np.asarray(tf.argmax(scores, axis=-1)[0]).astype(np.uint8)
-    if labels.shape != image.shape[:2]:
-        raise ValueError(f"model returned {labels.shape} for an image of {image.shape[:2]}")
-    return (labels, np.asarray(scores[0], np.float32)) if with_probabilities else labels
+    x = normalize_image(tf.convert_to_tensor(np.stack(images)), preprocessing)
+    p = np.asarray(predict_probabilities(model, x, inference or InferenceConfig(), probs), np.float32)
+    if p.shape[1:3] != images[0].shape[:2]:
+        raise ValueError(f"model returned {p.shape[1:3]} for images of {images[0].shape[:2]}")
+    return [(np.argmax(pi, axis=-1).astype(np.uint8), pi) for pi in p]
 
 
-def _predict_all(inputs: Sequence[str], out_dir: str, predict_batch, palette, save_probabilities: bool,
+def predict_keras(model, image: np.ndarray, preprocessing: str = "imagenet", inference=None, probs=None,
+                  with_probabilities: bool = False):
+    """Class ids (H, W) of one uint8 RGB image (:func:`predict_batch` of one); with
+    ``with_probabilities`` ``(class ids, probabilities (H, W, C) float32)``."""
+    labels, probabilities = predict_batch(model, [image], preprocessing, inference, probs)[0]
+    return (labels, probabilities) if with_probabilities else labels
+
+
+def _predict_all(inputs: Sequence[str], out_dir: str, run_batch, palette, save_probabilities: bool,
                  log, batch_size: int = 1) -> List[str]:
-    """Runs ``predict_batch([images]) -> [(labels, probabilities or None)]`` over the expanded
+    """Runs ``run_batch([images]) -> [(labels, probabilities)]`` over the expanded
     inputs, up to ``batch_size`` consecutive images of one size at a time, with a progress bar;
     unreadable inputs are reported at the end (:class:`PredictionFailures`)."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -180,7 +181,7 @@ def _predict_all(inputs: Sequence[str], out_dir: str, predict_batch, palette, sa
     pending: List[Tuple[str, np.ndarray]] = []
 
     def flush():
-        for (stem, image), (labels, probabilities) in zip(pending, predict_batch([im for _, im in pending])):
+        for (stem, image), (labels, probabilities) in zip(pending, run_batch([im for _, im in pending])):
             written.extend(write_outputs(out_dir, stem, image, labels, palette,
                                          probabilities if save_probabilities else None))
         pending.clear()
@@ -235,19 +236,10 @@ def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoin
     preprocessing = model_preprocessing(config)
     probs = make_probabilities(model)
 
-    def predict_batch(batch):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    def run_batch(batch):
+        return predict_batch(model, batch, preprocessing, inference, probs)
 
-        from keras_seg.data.preprocess import normalize_image  # pylint: disable=import-outside-toplevel
-        from keras_seg.inference import InferenceConfig, predict_probabilities  # pylint: disable=import-outside-toplevel
-
-        x = normalize_image(tf.convert_to_tensor(np.stack(batch)), preprocessing)
-        p = np.asarray(predict_probabilities(model, x, inference or InferenceConfig(), probs))
-        if p.shape[1:3] != batch[0].shape[:2]:
-            raise ValueError(f"model returned {p.shape[1:3]} for images of {batch[0].shape[:2]}")
-        return [(np.argmax(pi, axis=-1).astype(np.uint8), pi) for pi in p]
-
-    return _predict_all(images, out_dir, predict_batch, config["palette"], save_probabilities, log, batch_size)
+    return _predict_all(images, out_dir, run_batch, config["palette"], save_probabilities, log, batch_size)
 
 
 def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str = "tile",
@@ -276,14 +268,14 @@ def run_tflite(tflite_path: str, images: Sequence[str], out_dir: str, fit: str =
     h, w = segmenter.input_size
     log(f"{tflite_path}: model input {w}x{h}; other sizes: {fit}")
 
-    def predict_batch(batch):  # the TFLite model takes one image at a time
+    def run_batch(batch):  # the TFLite model takes one image at a time
         out = []
         for image in batch:
             probabilities = segmenter.probabilities(image, fit, overlap)
             out.append((np.argmax(probabilities, axis=-1).astype(np.uint8), probabilities))
         return out
 
-    return _predict_all(images, out_dir, predict_batch, segmenter.palette, save_probabilities, log)
+    return _predict_all(images, out_dir, run_batch, segmenter.palette, save_probabilities, log)
 
 
 def main(argv):

@@ -41,7 +41,7 @@ from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import atomic_write_json, class_weights_from_manifest, load_manifest
 from keras_seg.data.pipeline import DataConfig, make_dataset
 from keras_seg.data.preprocess import DEFAULT as DEFAULT_PREPROCESSING
-from keras_seg.data.preprocess import mean_pixel, normalize_image, preprocessing_for
+from keras_seg.data.preprocess import mean_pixel, preprocessing_for
 from keras_seg.distribute import (
     CLUSTER_ERRORS,
     Watchdog,
@@ -184,12 +184,12 @@ def write_eval_images(model: keras.Model, model_config: Dict[str, Any], data_dir
         samples.extend(read_examples(data_dir, split, count))
     if samples[0] is None:
         return
-    preprocessing = model_config["preprocessing"]
-    rows = []
-    for image, label in samples:
-        logits = model(normalize_image(image[None], preprocessing), training=False)
-        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-        rows.append((image, label, np.asarray(tf.argmax(logits, -1)[0])))
+    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
+    from keras_seg.predict import predict_keras  # pylint: disable=import-outside-toplevel
+
+    probs = make_probabilities(model)  # the training model: its first output is the logits
+    rows = [(image, label, predict_keras(model, image, model_config["preprocessing"], probs=probs))
+            for image, label in samples]
     what = f"{model_config['model']} step {step}"
     for name, png in (("eval/sheet", sheet_png(rows, model_config["palette"], int(model_config["ignore_label"]),
                                               title=what)),
