@@ -208,8 +208,49 @@ def logits_only(model: keras.Model) -> keras.Model:
     return model
 
 
+def inference_model(full: keras.Model, model_config: Dict[str, Any], input_shape=(None, None, 3),
+                    mixed_precision: str = "float32",
+                    inference_options: Optional[Dict[str, Any]] = None) -> keras.Model:
+    """The inference (logits) model of a restored training graph ``full``.
+
+    Models whose registry spec declares ``inference_options`` (U-Net++'s ``head``) are rebuilt
+    without auxiliary outputs, with ``inference_options`` over the trained options, and take
+    their weights from ``full`` layer by layer, by name: every weighted layer of the rebuilt
+    model must exist in ``full`` with the same shapes. Other models are ``full``'s first output.
+
+    Raises:
+      ValueError: an option the model does not declare as an inference option, or a value
+        its builder refuses.
+    """
+    spec = get_spec(model_config["model"])
+    inference_options = dict(inference_options or {})
+    bad = sorted(set(inference_options) - set(spec.inference_options))
+    if bad:
+        allowed = list(spec.inference_options) or "none"
+        raise ValueError(f"model {spec.name!r} has no inference option {bad}: its inference options are "
+                         f"{allowed} (other options change the trained variables). Received: {inference_options!r}")
+    if not spec.inference_options:
+        return logits_only(full)
+    options = {**dict(model_config.get("model_options", {})), **inference_options}
+    if "aux_outputs" in spec.option_names():
+        options["aux_outputs"] = False
+    with precision_scope(mixed_precision):
+        model = spec.builder(model_config["num_classes"], input_shape=tuple(input_shape), **options)
+    for layer in model.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        source = full.get_layer(layer.name)  # the same builder names every layer alike
+        if [tuple(v.shape) for v in source.get_weights()] != [tuple(v.shape) for v in values]:
+            raise ValueError(f"layer {layer.name!r} of the inference graph does not match the trained one")
+        layer.set_weights(source.get_weights())
+    return model
+
+
 def load_trained_model(model_dir: str, checkpoint: str = "latest", input_shape=(None, None, 3),
-                       mixed_precision: str = "float32") -> Tuple[keras.Model, Dict[str, Any], str]:
+                       mixed_precision: str = "float32",
+                       inference_options: Optional[Dict[str, Any]] = None,
+                       ) -> Tuple[keras.Model, Dict[str, Any], str]:
     """Rebuilds the model of ``model_dir`` and restores a checkpoint's weights.
 
     Args:
@@ -218,6 +259,8 @@ def load_trained_model(model_dir: str, checkpoint: str = "latest", input_shape=(
       input_shape: ``(H, W, C)`` of the rebuilt model.
       mixed_precision: compute precision of the rebuilt model (``float32``, ``bfloat16`` or
         ``float16``), whatever the run was trained under: checkpoints hold float32 variables.
+      inference_options: values of the model's inference options (:func:`inference_model`),
+        e.g. ``{"head": "L2"}`` for a pruned U-Net++; the returned config records them.
 
     Returns:
       ``(model, model_config, checkpoint_path)``; ``model`` has one output, the logits.
@@ -228,7 +271,10 @@ def load_trained_model(model_dir: str, checkpoint: str = "latest", input_shape=(
     status = tf.train.Checkpoint(model=full).read(path)
     status.expect_partial()  # the optimizer state is not needed for inference
     status.assert_existing_objects_matched()
-    return logits_only(full), config, path
+    model = inference_model(full, config, input_shape, mixed_precision, inference_options)
+    if inference_options:
+        config = {**config, "model_options": {**config.get("model_options", {}), **inference_options}}
+    return model, config, path
 
 
 def optional_best_metrics(model_dir: str) -> Optional[Dict[str, Any]]:

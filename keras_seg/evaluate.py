@@ -25,8 +25,13 @@ FLAGS = flags.FLAGS
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
         batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False,
-        mixed_precision: str = "float32", inference=None, pictures: bool = True, sheet_images: int = 4):
+        mixed_precision: str = "float32", inference=None, pictures: bool = True, sheet_images: int = 4,
+        inference_options=None):
     """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
+
+    ``inference_options`` (e.g. ``{"head": "L2"}``) selects another inference graph of the
+    same trained variables (:func:`keras_seg.checkpoints.inference_model`), such as a pruned
+    U-Net++; the record and the JSON's name note it.
 
     ``inference`` (:class:`keras_seg.inference.InferenceConfig`, default whole image) picks
     sliding windows, multi-scale and flip; the record notes it.
@@ -53,7 +58,8 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
 
     check_precision(mixed_precision)
     inference = (inference or InferenceConfig()).validate()
-    model, config, path = load_trained_model(model_dir, checkpoint, mixed_precision=mixed_precision)
+    model, config, path = load_trained_model(model_dir, checkpoint, mixed_precision=mixed_precision,
+                                             inference_options=inference_options)
     data_dir = data_dir or config["data_dir"]
     manifest = load_manifest(data_dir)
     if manifest["num_classes"] != config["num_classes"]:
@@ -70,8 +76,10 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
     record = scores_to_json(scores, manifest["class_names"], step)
     record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir),
-                   "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference)})
-    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}{inference.tag()}.json")
+                   "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference),
+                   "inference_options": dict(inference_options or {})})
+    options_tag = "".join(f"-{k}_{v}" for k, v in sorted((inference_options or {}).items()))
+    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}{inference.tag()}{options_tag}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
     log(format_iou_table(scores, manifest["class_names"]))
@@ -121,13 +129,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
+    from keras_seg.registry import parse_inference_options  # pylint: disable=import-outside-toplevel
 
     from keras_seg.inference import inference_from_flags  # pylint: disable=import-outside-toplevel
 
     try:
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
-            inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images)
+            inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images,
+            inference_options=parse_inference_options(FLAGS.inference_options))
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -150,6 +160,9 @@ if __name__ == "__main__":
 
     define_inference_flags()
     flags.DEFINE_bool("pictures", True, "Write the confusion-matrix, per-class IoU and image-sheet PNGs next to the JSON (needs matplotlib).")
+    from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
+
+    flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
     flags.DEFINE_integer("sheet_images", 4, "Images in the image sheet (0: no sheet).", lower_bound=0)
     flags.mark_flag_as_required("model_dir")
     app.run(main)

@@ -103,6 +103,9 @@ class ExportConfig:
         runs TFLite models on images of another size.
       tile_overlap: tile overlap as a fraction of the tile side.
       warn_below: agreement (percent) under which the report prints a WARNING block.
+      inference_options: values of the model's inference options (``{"head": "L2"}`` exports
+        a U-Net++ pruned to head L2): every format holds that graph, and the metadata's
+        ``model_options`` record it.
     """
 
     model_dir: str
@@ -120,6 +123,7 @@ class ExportConfig:
     tflite_fit: str = "tile"
     tile_overlap: float = 0.25
     warn_below: float = 98.0
+    inference_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -538,7 +542,8 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
     t0 = time.time()
     # float32 whatever --mixed_precision the run was trained with: the checkpoint holds
     # float32 variables, and the exported signatures and TFLite models are float32 (uint8 in).
-    model, config, ckpt = load_trained_model(cfg.model_dir, cfg.checkpoint, mixed_precision="float32")
+    model, config, ckpt = load_trained_model(cfg.model_dir, cfg.checkpoint, mixed_precision="float32",
+                                             inference_options=cfg.inference_options)
     name = cfg.model_name or os.path.basename(os.path.normpath(os.path.abspath(cfg.model_dir)))
     if not _NAME_RE.match(name):
         raise ValueError(f"the model_dir name {name!r} is not a usable model name; pass --model_name.")
@@ -664,6 +669,8 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
 
 def config_from_flags(f) -> ExportConfig:
     """Builds and validates the :class:`ExportConfig` of the parsed flags."""
+    from keras_seg.registry import parse_inference_options  # pylint: disable=import-outside-toplevel
+
     try:
         size = tuple(int(v) for v in f.tflite_size) if f.tflite_size else None
     except ValueError as e:
@@ -673,6 +680,7 @@ def config_from_flags(f) -> ExportConfig:
         model_name=f.model_name, tflite_size=size, data_dir=f.data_dir, parity_split=f.parity_split,
         parity_images=f.parity_images, int8_split=f.int8_split, int8_samples=f.int8_samples,
         tflite_fit=f.tflite_fit, tile_overlap=f.tile_overlap, warn_below=f.warn_below,
+        inference_options=parse_inference_options(f.inference_options),
     )
     cfg.validate()
     return cfg
@@ -694,6 +702,8 @@ def main(argv):
 
 def define_flags() -> None:
     """Defines the export flags (called from ``__main__`` only)."""
+    from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
+
     d = ExportConfig.__dataclass_fields__
     flags.DEFINE_string("model_dir", None, "Training directory (model_config.json, ckpt/, best/).")
     flags.DEFINE_string("out", None, "Output directory; see the module docstring for the layout.")
@@ -710,6 +720,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"], "How TFLite parity runs images of other sizes (as predict --tflite).")
     flags.DEFINE_float("tile_overlap", d["tile_overlap"].default, "Tile overlap, fraction of the tile side.")
     flags.DEFINE_float("warn_below", d["warn_below"].default, "Print a WARNING block under this agreement (percent).")
+    flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
     flags.mark_flag_as_required("model_dir")
     flags.mark_flag_as_required("out")
 

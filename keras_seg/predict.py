@@ -205,8 +205,11 @@ def _predict_all(inputs: Sequence[str], out_dir: str, run_batch, palette, save_p
 
 def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoint: str = "latest", log=print,
         pretrained: Optional[str] = None, inference=None, save_probabilities: bool = False,
-        batch_size: int = 1) -> List[str]:
+        batch_size: int = 1, inference_options=None) -> List[str]:
     """Predicts every image with a Keras model; returns written paths.
+
+    ``inference_options`` (e.g. ``{"head": "L2"}``) picks another inference graph of the
+    trained variables (:func:`keras_seg.checkpoints.inference_model`); ``model_dir`` only.
 
     Up to ``batch_size`` consecutive images of the same size run in one forward pass (never
     padded to a common size, so a batch predicts what one image at a time would).
@@ -226,13 +229,15 @@ def run(model_dir: Optional[str], images: Sequence[str], out_dir: str, checkpoin
     if bool(model_dir) == bool(pretrained):
         raise ValueError("pass exactly one of model_dir (a training directory) or pretrained (shipped weights).")
     expand_inputs(images)  # bad paths fail before the model loads
+    if pretrained and inference_options:
+        raise ValueError("--inference_options applies to --model_dir; shipped weights have a fixed graph.")
     if pretrained:
         from keras_seg.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
 
         model, config = load_pretrained(pretrained)
         log(f"Shipped weights {pretrained!r}: {config['model']} on {config['dataset']} ({config['licence']})")
     else:
-        model, config, _ = load_trained_model(model_dir, checkpoint)
+        model, config, _ = load_trained_model(model_dir, checkpoint, inference_options=inference_options)
     preprocessing = model_preprocessing(config)
     probs = make_probabilities(model)
 
@@ -286,9 +291,13 @@ def main(argv):
             raise ValueError("pass exactly one of --model_dir (Keras checkpoint), --pretrained (shipped weights, "
                              "e.g. enet_camvid) or --tflite (exported model).")
         from keras_seg.inference import InferenceConfig, inference_from_flags  # pylint: disable=import-outside-toplevel
+        from keras_seg.registry import parse_inference_options  # pylint: disable=import-outside-toplevel
 
         inference = inference_from_flags(FLAGS)
         if FLAGS.tflite:
+            if FLAGS.inference_options:
+                raise ValueError("--inference_options applies to Keras prediction (--model_dir); a .tflite "
+                                 "file holds one graph: export it with --inference_options instead.")
             if inference != InferenceConfig():
                 raise ValueError("--mode, --window, --stride, --scales and --flip apply to Keras prediction "
                                  "(--model_dir, --pretrained); --tflite tiles with --tflite_fit and --tile_overlap.")
@@ -296,13 +305,16 @@ def main(argv):
                        num_threads=FLAGS.tflite_threads, save_probabilities=FLAGS.save_probabilities)
         else:
             run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
-                inference=inference, save_probabilities=FLAGS.save_probabilities, batch_size=FLAGS.batch_size)
+                inference=inference, save_probabilities=FLAGS.save_probabilities, batch_size=FLAGS.batch_size,
+                inference_options=parse_inference_options(FLAGS.inference_options))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
+
     flags.DEFINE_string("model_dir", None, "Training directory (Keras prediction).")
     flags.DEFINE_string("pretrained", None, "Shipped weights to predict with instead of --model_dir, e.g. "
                         "enet_camvid (keras_seg.pretrained.available() lists them).")
@@ -312,6 +324,7 @@ if __name__ == "__main__":
                          "forward pass (never padded).", lower_bound=1)
     flags.DEFINE_bool("save_probabilities", False, "Also write <stem>_probs.npy, float32 (H, W, C) class probabilities.")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
+    flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
     flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"],
                       "--tflite: run other image sizes as overlapping tiles at native resolution, or resized.")
     flags.DEFINE_integer("tflite_threads", None, "--tflite: interpreter threads (default: every usable CPU; LiteRT's own default is 1).", lower_bound=1)

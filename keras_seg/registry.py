@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional
+import json
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["ModelSpec", "register", "get_builder", "get_spec", "list_models", "tiny_options"]
+__all__ = ["ModelSpec", "register", "get_builder", "get_spec", "list_models", "tiny_options", "parse_inference_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,11 @@ class ModelSpec:
       aux_weights: loss weight of each auxiliary / deep-supervision output, by output
         name, in output order. Empty for single-output models. With the builder option
         ``aux_outputs=True`` the model returns ``[logits, *aux]``; training uses these
-        weights, and export / predict use ``logits`` alone.
+        weights, and export / predict use ``logits`` alone. Training matches the weights
+        to the model's outputs by name, so a configuration may build fewer of them.
+      inference_options: builder options that select the inference graph without changing
+        its variables (U-Net++'s ``head``): a trained model can be evaluated, predicted
+        with or exported under other values of these (``--inference_options``).
     """
 
     name: str
@@ -34,6 +39,19 @@ class ModelSpec:
     tiny: Mapping[str, Any]
     paper: str = ""
     aux_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    inference_options: Tuple[str, ...] = ()
+
+    def aux_weights_for(self, output_names: Sequence[str]) -> List[float]:
+        """Loss weights of ``output_names[1:]`` (a built model's auxiliary outputs), by name.
+
+        Raises:
+          ValueError: an auxiliary output has no declared weight.
+        """
+        unknown = [n for n in output_names[1:] if n not in self.aux_weights]
+        if unknown:
+            raise ValueError(f"model {self.name!r} has auxiliary outputs {unknown} with no loss weight; "
+                             f"the registry declares {dict(self.aux_weights)}")
+        return [float(self.aux_weights[n]) for n in output_names[1:]]
 
     def defaults(self) -> Dict[str, Any]:
         """Default value of each keyword option of the builder."""
@@ -60,6 +78,7 @@ def register(
     tiny: Optional[Mapping[str, Any]] = None,
     paper: str = "",
     aux_weights: Optional[Mapping[str, float]] = None,
+    inference_options: Sequence[str] = (),
 ):
     """Decorator that registers a model builder under ``name``.
 
@@ -69,9 +88,11 @@ def register(
       paper: citation of the paper the builder follows.
       aux_weights: ``{output_name: loss_weight}`` of auxiliary outputs, in output order;
         the builder must then take an ``aux_outputs`` option.
+      inference_options: options that choose the inference graph only (see ModelSpec).
 
     Raises:
-      ValueError: if ``name`` is already registered or ``tiny`` names an unknown option.
+      ValueError: if ``name`` is already registered, or ``tiny`` or ``inference_options``
+        names an unknown option.
     """
 
     def decorator(fn):
@@ -79,10 +100,13 @@ def register(
             raise ValueError(f"Model {name!r} is registered twice. Received: name={name!r}")
         spec = ModelSpec(
             name=name, builder=fn, tiny=dict(tiny or {}), paper=paper,
-            aux_weights=dict(aux_weights or {}),
+            aux_weights=dict(aux_weights or {}), inference_options=tuple(inference_options),
         )
         if spec.aux_weights and "aux_outputs" not in spec.option_names():
             raise ValueError(f"Model {name!r} declares aux_weights but has no aux_outputs option")
+        unknown = sorted(set(spec.inference_options) - set(spec.option_names()))
+        if unknown:
+            raise ValueError(f"inference_options {unknown} of model {name!r} are not arguments of {fn.__name__}")
         unknown = sorted(set(spec.tiny) - set(spec.option_names()))
         if unknown:
             raise ValueError(
@@ -141,3 +165,31 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
         raise ValueError(
             f"Unknown option(s) {unknown} for model {name!r}. Accepted options: {accepted}"
         )
+
+
+#: Help of ``--inference_options`` (evaluate, predict and export).
+INFERENCE_OPTIONS_HELP = ("key=value options that pick another inference graph of the same trained variables, "
+                          "e.g. head=L2 for a pruned U-Net++ (keras_seg.registry.ModelSpec.inference_options).")
+
+
+def parse_inference_options(items: Optional[List[str]]) -> Dict[str, Any]:
+    """``["head=L2", "k=3"]`` (the ``--inference_options`` flag) as ``{"head": "L2", "k": 3}``.
+
+    Values are JSON where they parse as JSON (numbers, ``true``, ``null``), else strings.
+
+    Raises:
+      ValueError: an item is not ``key=value`` or a key repeats.
+    """
+    options: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--inference_options takes key=value items, e.g. head=L2. Received: {item!r}")
+        key = key.strip()
+        if key in options:
+            raise ValueError(f"--inference_options names {key!r} twice. Received: {items!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options

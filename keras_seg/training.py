@@ -710,10 +710,7 @@ def _train(cfg: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, mode
         model = build_full_model(model_config, mixed_precision=cfg.mixed_precision)
         optimizer = make_optimizer(cfg)
         optimizer.build(model.trainable_variables)
-    aux_weights = list(get_spec(cfg.model).aux_weights.values())
-    outputs_n = len(model.outputs)
-    if outputs_n != 1 + len(aux_weights):
-        raise ValueError(f"model {cfg.model} has {outputs_n} outputs but the registry declares {len(aux_weights)} aux weights")
+    aux_weights = get_spec(cfg.model).aux_weights_for(model.output_names)
     _check_free_space(cfg.model_dir, model.variables + optimizer.variables, cfg.keep_checkpoints + 2)
 
     checkpoints = _Checkpoints(cfg, model, optimizer, chief, index, progress, log)

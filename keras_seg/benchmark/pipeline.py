@@ -506,7 +506,7 @@ def step_time_real_vs_synthetic(data_dir: str, model: str = "enet", batch: int =
         net = build_model(model, num_classes, **dict(model_options or {}))
         optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
         optimizer.build(net.trainable_variables)
-    step = make_train_step(net, optimizer, strategy, num_classes, ignore, aux_weights=list(spec.aux_weights.values()))
+    step = make_train_step(net, optimizer, strategy, num_classes, ignore, aux_weights=spec.aux_weights_for(net.output_names))
 
     one = next(iter(make_dataset(cfg)))
 

@@ -16,3 +16,4 @@ from keras_seg.models import pspnet  # noqa: F401
 from keras_seg.models import refinenet  # noqa: F401
 from keras_seg.models import segnet  # noqa: F401
 from keras_seg.models import unet  # noqa: F401
+from keras_seg.models import unet_pp  # noqa: F401
