@@ -12,7 +12,8 @@ from tests.tflite_utils import convert_builtin_only, run_tflite
 
 def _tiny(num_classes=3, **kwargs):
     keras.utils.set_random_seed(0)
-    return keras_seg.build_model("deeplab_v3plus", num_classes, **{**keras_seg.tiny_options("deeplab_v3plus"), **kwargs})
+    options = {**keras_seg.tiny_options("deeplab_v3plus"), **kwargs}
+    return keras_seg.build_model("deeplab_v3plus", num_classes, **options)
 
 
 def _trainable(model):
@@ -187,7 +188,8 @@ def test_separable_changes_the_3x3_convolutions():
     plain, sep = _tiny(), _tiny(separable=True)
     assert not [layer for layer in plain.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
     names = {layer.name for layer in sep.layers}
-    for prefix, rate in (("aspp_r6", 6), ("aspp_r12", 12), ("aspp_r18", 18), ("decoder_conv1", 1), ("decoder_conv2", 1)):
+    for prefix, rate in (("aspp_r6", 6), ("aspp_r12", 12), ("aspp_r18", 18),
+                         ("decoder_conv1", 1), ("decoder_conv2", 1)):
         assert f"{prefix}_conv" not in names
         depthwise = sep.get_layer(f"{prefix}_depthwise_conv")
         assert type(depthwise) is keras.layers.DepthwiseConv2D  # pylint: disable=unidiomatic-typecheck
