@@ -318,7 +318,9 @@ def build_deeplab_v3plus(
     16 (or 8), ASPP with a 1x1 convolution, 3x3 convolutions at rates 6, 12 and 18 (doubled
     at output stride 8) and image pooling, each 256 filters with batch norm and ReLU, and the
     1x1 projection to 256. The decoder (Sec. 3.1, Fig. 2) takes the backbone's stride-4
-    features (the output of ResNet stage conv2), reduces them to 48 channels by a 1x1
+    features (the output of ResNet stage conv2, the paper's "Conv2 before striding"; the
+    authors' TensorFlow code taps the same stage's last-but-one unit before its residual
+    addition, with the same 256 channels), reduces them to 48 channels by a 1x1
     convolution + batch norm + ReLU, concatenates them with the encoder output bilinearly
     resized to their size (x4 at output stride 16), and refines the result with two 3x3
     convolutions of 256 filters + batch norm + ReLU; the 1x1 classifier follows and the
