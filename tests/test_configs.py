@@ -60,8 +60,8 @@ def test_config_parses_with_the_trainer_flags(path, monkeypatch):
 
 # The context and real-time families (ResNet-family issue) each ship a CamVid config.
 CAMVID_MODELS = [
-    "deeplab_v1", "deeplab_v2", "deeplab_v3", "pspnet", "refinenet", "gfrnet", "fc_densenet56",
-    "fc_densenet67", "fc_densenet103", "enet", "linknet", "bisenet_v2", "unet_pp",
+    "deeplab_v1", "deeplab_v2", "deeplab_v3", "deeplab_v3plus", "pspnet", "refinenet", "gfrnet",
+    "fc_densenet56", "fc_densenet67", "fc_densenet103", "enet", "linknet", "bisenet_v2", "unet_pp",
 ]
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "CenterCropLike",
     "check_common_args",
     "conv_bn_act",
+    "sep_conv_bn_act",
     "batch_norm",
     "BatchNorm",
     "AdaptiveAvgPool2D",
@@ -180,6 +181,24 @@ def conv_bn_act(
     if activation is not None:
         x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
+
+
+def sep_conv_bn_act(x, filters: int, name: str, *, kernel_size=3, dilation_rate=1):
+    """Depthwise-separable convolution with batch norm and ReLU after each half.
+
+    DeepLab v3+'s ``split_separable_conv2d`` (tensorflow/models ``research/deeplab/core/utils.py``;
+    Chen et al., 2018, https://arxiv.org/abs/1802.02611): a depthwise ``kernel_size``
+    convolution at ``dilation_rate`` + batch norm + ReLU (``{name}_depthwise_conv/_bn/_relu``),
+    then a pointwise 1x1 convolution to ``filters`` + batch norm + ReLU
+    (``{name}_pointwise_conv/_bn/_relu``). Neither convolution has a bias.
+    """
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
+        depthwise_initializer="he_normal", name=f"{name}_depthwise_conv",
+    )(x)
+    x = batch_norm(f"{name}_depthwise_bn")(x)
+    x = keras.layers.Activation("relu", name=f"{name}_depthwise_relu")(x)
+    return conv_bn_act(x, filters, f"{name}_pointwise", kernel_size=1)
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -466,18 +485,30 @@ def pyramid_pool(x, bins: Sequence[int] = (1, 2, 3, 6), filters: Optional[int] =
     return keras.layers.Concatenate(name=f"{name}_concat")(branches)
 
 
-def aspp(x, filters: int = 256, rates: Sequence[int] = (6, 12, 18), *, image_pooling: bool = True, name: str = "aspp"):
+def aspp(
+    x,
+    filters: int = 256,
+    rates: Sequence[int] = (6, 12, 18),
+    *,
+    image_pooling: bool = True,
+    separable: bool = False,
+    name: str = "aspp",
+):
     """DeepLab v3's atrous spatial pyramid pooling (Chen et al., 2017, https://arxiv.org/abs/1706.05587).
 
     Branches, each convolution + batch norm + ReLU with ``filters`` channels: a 1x1
     convolution (``{name}_1x1``), one 3x3 convolution per atrous rate (``{name}_r{rate}``) and,
     with ``image_pooling``, global average pooling -> 1x1 convolution -> bilinear upsampling
     (``{name}_pool``). They are concatenated and projected by a 1x1 convolution + batch norm +
-    ReLU (``{name}_proj``).
+    ReLU (``{name}_proj``). With ``separable`` the 3x3 branches are depthwise-separable
+    (:func:`sep_conv_bn_act`), as DeepLab v3+'s ``aspp_with_separable_conv``.
     """
     branches = [conv_bn_act(x, filters, f"{name}_1x1", kernel_size=1)]
     for rate in rates:
-        branches.append(conv_bn_act(x, filters, f"{name}_r{rate}", dilation_rate=rate))
+        if separable:
+            branches.append(sep_conv_bn_act(x, filters, f"{name}_r{rate}", dilation_rate=rate))
+        else:
+            branches.append(conv_bn_act(x, filters, f"{name}_r{rate}", dilation_rate=rate))
     if image_pooling:
         y = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
         y = conv_bn_act(y, filters, f"{name}_pool", kernel_size=1)

@@ -7,6 +7,10 @@
   https://arxiv.org/abs/1606.00915
 * DeepLab v3: Chen et al., "Rethinking Atrous Convolution for Semantic Image
   Segmentation", 2017, https://arxiv.org/abs/1706.05587
+* DeepLab v3+: Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic
+  Image Segmentation", ECCV 2018, https://arxiv.org/abs/1802.02611: the DeepLab v3 encoder
+  and a decoder that refines its output with the stride-4 backbone features; optionally
+  depthwise-separable 3x3 convolutions in ASPP and the decoder.
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ import keras
 from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
 from keras_seg.models.backbones.vgg import VGG16_BLOCKS, check_backbone_weights, load_vgg16_weights, vgg16_features
 from keras_seg.models.blocks import (
+    ResizeLike,
     aspp,
     check_common_args,
     check_positive_ints,
+    conv_bn_act,
     load_weights_if_given,
     logits_layer,
     resize_logits,
+    sep_conv_bn_act,
 )
 from keras_seg.registry import register
 
-__all__ = ["build_deeplab_v1", "build_deeplab_v2", "build_deeplab_v3"]
+__all__ = ["build_deeplab_v1", "build_deeplab_v2", "build_deeplab_v3", "build_deeplab_v3plus"]
 
 _TINY_RESNET = dict(backbone_blocks=(1, 1, 1, 1), backbone_width=8)
 
@@ -247,6 +254,132 @@ def build_deeplab_v3(
         blocks=backbone_blocks, width=backbone_width,
     )[output_stride]
     x = aspp(features, aspp_filters, atrous_rates, image_pooling=image_pooling, name="aspp")
+    x = logits_layer(x, num_classes, name="classifier")
+    outputs = resize_logits(x, inputs)
+    model = keras.Model(inputs, outputs, name=name)
+    load_resnet_weights(model, backbone, backbone_weights)
+    return load_weights_if_given(model, weights)
+
+
+def _check_bool(**values) -> None:
+    """Raises ``ValueError("x must be a bool. Received: x=...")`` for the first non-bool value."""
+    for arg, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{arg} must be a bool. Received: {arg}={value!r}")
+
+
+def deeplab_v3plus_decoder(x, low_level, low_level_filters, filters, *, separable=False, name="decoder"):
+    """DeepLab v3+'s decoder (Sec. 3.1, Fig. 2), before the classifier.
+
+    The low-level features get a 1x1 convolution to ``low_level_filters`` + batch norm + ReLU
+    (``{name}_low_level_proj``); the encoder output is bilinearly resized to their size
+    (``{name}_up``, x4 at output stride 16) and concatenated with them (``{name}_concat``);
+    two 3x3 convolutions with ``filters`` maps + batch norm + ReLU (``{name}_conv1``,
+    ``{name}_conv2``), depthwise-separable with ``separable``, refine the result.
+    """
+    low = conv_bn_act(low_level, low_level_filters, f"{name}_low_level_proj", kernel_size=1)
+    x = ResizeLike(name=f"{name}_up")(x, low)
+    x = keras.layers.Concatenate(name=f"{name}_concat")([x, low])
+    for i in (1, 2):
+        if separable:
+            x = sep_conv_bn_act(x, filters, f"{name}_conv{i}")
+        else:
+            x = conv_bn_act(x, filters, f"{name}_conv{i}")
+    return x
+
+
+@register(
+    "deeplab_v3plus",
+    tiny=dict(_TINY_RESNET, multi_grid=(2,), aspp_filters=16, low_level_filters=8, decoder_filters=16),
+    paper="Chen et al., DeepLab v3+, ECCV 2018, https://arxiv.org/abs/1802.02611",
+)
+def build_deeplab_v3plus(
+    num_classes: int,
+    input_shape=(None, None, 3),
+    *,
+    backbone: str = "resnet101",
+    backbone_weights: Optional[str] = None,
+    backbone_blocks: Optional[Sequence[int]] = None,
+    backbone_width: int = 64,
+    output_stride: int = 16,
+    multi_grid: Optional[Sequence[int]] = (1, 2, 4),
+    atrous_rates: Optional[Sequence[int]] = None,
+    aspp_filters: int = 256,
+    image_pooling: bool = True,
+    low_level_filters: int = 48,
+    decoder_filters: int = 256,
+    separable: bool = False,
+    weights: Optional[str] = None,
+    name: str = "deeplab_v3plus",
+) -> keras.Model:
+    """Builds DeepLab v3+ (ResNet-101 encoder, decoder), returning logits ``(B, H, W, num_classes)``.
+
+    The encoder is DeepLab v3's (see :func:`build_deeplab_v3`): the backbone at output stride
+    16 (or 8), ASPP with a 1x1 convolution, 3x3 convolutions at rates 6, 12 and 18 (doubled
+    at output stride 8) and image pooling, each 256 filters with batch norm and ReLU, and the
+    1x1 projection to 256. The decoder (Sec. 3.1, Fig. 2) takes the backbone's stride-4
+    features (the output of ResNet stage conv2, the paper's "Conv2 before striding"; the
+    authors' TensorFlow code taps the same stage's last-but-one unit before its residual
+    addition, with the same 256 channels), reduces them to 48 channels by a 1x1
+    convolution + batch norm + ReLU, concatenates them with the encoder output bilinearly
+    resized to their size (x4 at output stride 16), and refines the result with two 3x3
+    convolutions of 256 filters + batch norm + ReLU; the 1x1 classifier follows and the
+    logits are bilinearly resized to the input size. With ``separable`` the 3x3 convolutions
+    of ASPP and the decoder are depthwise-separable, as in the paper's Xception model: a
+    depthwise 3x3 convolution + batch norm + ReLU, then a pointwise 1x1 convolution + batch
+    norm + ReLU (``split_separable_conv2d`` of the authors' TensorFlow code). The paper's
+    ResNet-101 results use plain convolutions (``separable=False``).
+
+    Args:
+      num_classes: number of classes of the logits.
+      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``.
+      backbone: ``"resnet101"`` (paper), ``"resnet50"``, ``"resnet34"`` or ``"resnet18"``.
+      backbone_weights: ``None``, ``"imagenet"`` or a path; see
+        :func:`keras_seg.models.backbones.resnet.load_resnet_weights`.
+      backbone_blocks: per-stage block counts overriding the backbone's (test-size variants).
+      backbone_width: stem filters of the backbone (64 in the paper).
+      output_stride: 16 (paper's default) or 8: the stride of the encoder output.
+      multi_grid: dilation multipliers of the units of the last stage, one per unit (DeepLab
+        v3's (1, 2, 4)); ``None`` for none.
+      atrous_rates: ASPP rates; default (6, 12, 18) at output stride 16, (12, 24, 36) at 8.
+      aspp_filters: filters of every ASPP branch and of the projection (256).
+      image_pooling: add ASPP's image-level pooling branch.
+      low_level_filters: channels the stride-4 features are reduced to (48).
+      decoder_filters: filters of the decoder's two 3x3 convolutions (256).
+      separable: depthwise-separable 3x3 convolutions in ASPP and the decoder.
+      weights: ``None`` or a path to a ``.weights.h5`` file for the whole model.
+      name: model name.
+
+    Returns:
+      A functional ``keras.Model``.
+
+    Raises:
+      ValueError: for invalid arguments.
+    """
+    check_common_args(num_classes, input_shape, weights)
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16. Received: output_stride={output_stride!r}")
+    check_resnet_args(
+        backbone, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
+        width=backbone_width, weights=backbone_weights,
+    )
+    check_positive_ints(
+        aspp_filters=aspp_filters, low_level_filters=low_level_filters, decoder_filters=decoder_filters
+    )
+    _check_bool(image_pooling=image_pooling, separable=separable)
+    if atrous_rates is None:
+        atrous_rates = _scaled_rates((6, 12, 18), output_stride, 16, "atrous_rates")
+    else:
+        atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    features = resnet(
+        inputs, backbone, output_stride=output_stride, multi_grid=multi_grid,
+        blocks=backbone_blocks, width=backbone_width,
+    )
+    x = aspp(features[output_stride], aspp_filters, atrous_rates, image_pooling=image_pooling,
+             separable=separable, name="aspp")
+    x = deeplab_v3plus_decoder(x, features[4], low_level_filters, decoder_filters, separable=separable)
     x = logits_layer(x, num_classes, name="classifier")
     outputs = resize_logits(x, inputs)
     model = keras.Model(inputs, outputs, name=name)

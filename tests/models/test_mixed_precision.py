@@ -6,8 +6,8 @@ import pytest
 
 import keras_seg
 
-MODELS = ["deeplab_v1", "deeplab_v2", "deeplab_v3", "pspnet", "refinenet", "gfrnet", "fc_densenet56",
-          "enet", "linknet", "bisenet_v2", "unet_pp"]
+MODELS = ["deeplab_v1", "deeplab_v2", "deeplab_v3", "deeplab_v3plus", "pspnet", "refinenet", "gfrnet",
+          "fc_densenet56", "enet", "linknet", "bisenet_v2", "unet_pp"]
 
 
 @pytest.fixture
