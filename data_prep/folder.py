@@ -191,4 +191,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

@@ -92,4 +92,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("size", 64, "Image side in pixels.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.mark_flag_as_required("out")
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

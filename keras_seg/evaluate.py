@@ -165,4 +165,6 @@ if __name__ == "__main__":
     flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
     flags.DEFINE_integer("sheet_images", 4, "Images in the image sheet (0: no sheet).", lower_bound=0)
     flags.mark_flag_as_required("model_dir")
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

@@ -501,14 +501,13 @@ def dir_size(path: str) -> int:
 
 
 def _keras_predictor(model, preprocessing: str):
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    """The parity report's reference: the Keras model through :mod:`keras_seg.inference`'s
+    whole-image pass, as evaluate and predict run it."""
+    from keras_seg.inference import make_probabilities  # pylint: disable=import-outside-toplevel
+    from keras_seg.predict import predict_batch  # pylint: disable=import-outside-toplevel
 
-    def predict(image):
-        _, probs = _segment(model, tf.convert_to_tensor(image[None]), preprocessing)
-        return np.asarray(probs[0])
-
-    return predict
+    probs = make_probabilities(model)
+    return lambda image: predict_batch(model, [image], preprocessing, None, probs)[0][1]
 
 
 def _saved_model_predictor(path: str):
@@ -727,4 +726,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

@@ -244,4 +244,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "PNG path (default: <model_dir>/curves.png).")
     flags.DEFINE_string("csv", None, "Also write the eval curve as step,hours,mean_iu CSV here.")
     flags.DEFINE_string("title", None, "Figure title (default: the model_dir's name).")
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

@@ -332,4 +332,6 @@ if __name__ == "__main__":
     from keras_seg.inference import define_inference_flags  # pylint: disable=import-outside-toplevel
 
     define_inference_flags()
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

@@ -49,4 +49,6 @@ if __name__ == "__main__":
     from keras_seg.flags import define_flags  # pylint: disable=import-outside-toplevel
 
     define_flags()
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())

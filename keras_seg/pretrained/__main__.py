@@ -54,4 +54,6 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("metrics", [], "split=PATH of an evaluate JSON of that checkpoint (repeatable).")
     flags.DEFINE_multi_string("trained", [], "key=value about the training (config, wall_hours, machine; repeatable).")
     flags.DEFINE_string("out", None, "Folder to write to (default: the installed keras_seg/pretrained).")
-    app.run(main)
+    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+
+    app.run(main, argv=flagfile_argv())
