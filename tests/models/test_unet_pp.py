@@ -56,7 +56,8 @@ def test_pruned_and_deeply_supervised_counts_follow_the_nested_graph(head):
 
 
 def test_pruned_head_counts_shrink_as_in_the_paper():
-    # The paper's model pruning: L1 .. L4 are 0.1M, 0.5M, 2.2M and 9.0M parameters (1 class, gray).
+    # The authors' pruning figure (MrGiovanni/UNetPlusPlus, Figures/fig_inference_time.png, the same
+    # commit): "UNet++ L1 Param = 0.1M", "L2 ... 0.5M", "L3 ... 2.2M", "L4 ... 9.0M" (1 class, gray).
     counts = [keras_seg.build_model("unet_pp", 1, input_shape=(None, None, 1), deep_supervision=True,
                                     head=f"L{k}").count_params() for k in (1, 2, 3, 4)]
     assert [round(c / 1e6, 1) for c in counts] == [0.1, 0.5, 2.2, 9.0]
