@@ -77,23 +77,15 @@ def main(argv=None) -> None:
                 traces[name] = _baseline(model, ds)
             times[name].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
-    from keras_seg.benchmark.report import machine_header  # pylint: disable=import-outside-toplevel
-    from keras_seg.benchmark.timing import machine_info  # pylint: disable=import-outside-toplevel
+    from keras_seg.benchmark.report import script_section  # pylint: disable=import-outside-toplevel
 
-    load = os.getloadavg()[0]
-    lines = [f"### Evaluation over {a.sizes} image sizes ({a.model}, batch 1)", "",
-             f"`python benchmarks/eval_retracing.py --model={a.model} --sizes={a.sizes} --rounds={a.rounds}`; "
-             f"best of {a.rounds} alternating rounds; load average {load:.1f} at the end.", "",
-             machine_header(machine_info()), "",
-             "| variant | traces | seconds | baseline / ours |", "|---|---:|---:|---:|"]
     base = best["baseline (tf.function)"]
-    for name, sec in best.items():
-        lines.append(f"| {name} | {traces[name]} | {sec:.1f} | {base / sec:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.results:
-        with open(a.results, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    script_section(
+        f"Evaluation over {a.sizes} image sizes ({a.model}, batch 1)",
+        f"`python benchmarks/eval_retracing.py --model={a.model} --sizes={a.sizes} --rounds={a.rounds}`; "
+        f"best of {a.rounds} alternating rounds; load average {os.getloadavg()[0]:.1f} at the end.",
+        ["variant", "traces", "seconds", "baseline / ours"],
+        [[name, traces[name], f"{sec:.1f}", f"{base / sec:.2f}"] for name, sec in best.items()], a.results)
 
 
 if __name__ == "__main__":

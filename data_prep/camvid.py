@@ -188,14 +188,14 @@ def define_flags() -> None:
     flags.DEFINE_string("list_prefix", LIST_PREFIX, "Prefix of the absolute paths in the list files, "
                         "stripped to resolve them against --src.")
     cli.define_output_flags()
-    flags.mark_flags_as_required(["src", "out"])
+    flags.mark_flags_as_required(["src", "out_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.exit_on_error(lambda: convert_camvid(
-        FLAGS.src, FLAGS.out, lut=FLAGS.lut, splits=FLAGS.splits, list_prefix=FLAGS.list_prefix,
+        FLAGS.src, FLAGS.out_dir, lut=FLAGS.lut, splits=FLAGS.splits, list_prefix=FLAGS.list_prefix,
         workers=FLAGS.workers, shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite))
 
 

@@ -164,14 +164,14 @@ def define_flags() -> None:
                       "labelIds: map *_gtFine_labelIds.png to trainIds here; labelTrainIds: read "
                       "*_gtFine_labelTrainIds.png as they are.")
     cli.define_output_flags()
-    flags.mark_flags_as_required(["src", "out"])
+    flags.mark_flags_as_required(["src", "out_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.exit_on_error(lambda: convert_cityscapes(
-        FLAGS.src, FLAGS.out, splits=FLAGS.splits, label_type=FLAGS.label_type, workers=FLAGS.workers,
+        FLAGS.src, FLAGS.out_dir, splits=FLAGS.splits, label_type=FLAGS.label_type, workers=FLAGS.workers,
         shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite))
 
 

@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 
 def define_output_flags() -> None:
-    """``--out``, ``--workers``, ``--shard_mb`` and ``--overwrite``, as in data_prep.folder."""
-    flags.DEFINE_string("out", None, "Output directory for the shards and manifest.json.")
+    """``--out_dir`` (alias ``--out``), ``--workers``, ``--shard_mb`` and ``--overwrite``, as in data_prep.folder."""
+    flags.DEFINE_string("out_dir", None, "Output directory for the shards and manifest.json.")
+    flags.DEFINE_alias("out", "out_dir")  # the older spelling
     flags.DEFINE_integer("workers", None, "Parallel writer processes (default: all cores).")
     flags.DEFINE_float("shard_mb", 64, "Approximate maximum shard size in MiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")

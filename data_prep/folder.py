@@ -156,7 +156,8 @@ def define_flags() -> None:
     """Command-line flags of ``python -m data_prep.folder``."""
     flags.DEFINE_string("images", None, "Folder of PNG/JPEG images (or train/val/test subfolders).")
     flags.DEFINE_string("masks", None, "Folder of index-mask PNGs paired by stem.")
-    flags.DEFINE_string("out", None, "Output directory for shards and manifest.json.")
+    flags.DEFINE_string("out_dir", None, "Output directory for shards and manifest.json.")
+    flags.DEFINE_alias("out", "out_dir")  # the older spelling
     flags.DEFINE_list("class_names", None, "Comma-separated class names; their count is num_classes.")
     flags.DEFINE_integer("ignore_label", 255, "Mask value that marks pixels left out of loss and metrics.")
     flags.DEFINE_string("name", "folder", "Dataset name recorded in the manifest.")
@@ -169,7 +170,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("palette_masks", False, "Read palette (mode P) masks as their palette indices.")
     flags.DEFINE_bool("border_weights", False, "Store U-Net border-weight maps (w0=10, sigma=5 px).")
     flags.DEFINE_integer("background_class", 0, "Class between objects, for --border_weights.")
-    flags.mark_flags_as_required(["images", "masks", "out", "class_names"])
+    flags.mark_flags_as_required(["images", "masks", "out_dir", "class_names"])
 
 
 def main(argv):
@@ -177,7 +178,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         convert_folder(
-            FLAGS.images, FLAGS.masks, FLAGS.out, FLAGS.class_names, ignore_label=FLAGS.ignore_label,
+            FLAGS.images, FLAGS.masks, FLAGS.out_dir, FLAGS.class_names, ignore_label=FLAGS.ignore_label,
             name=FLAGS.name, mask_suffix=FLAGS.mask_suffix, val_fraction=FLAGS.val_fraction,
             test_fraction=FLAGS.test_fraction, workers=FLAGS.workers, shard_mb=FLAGS.shard_mb,
             overwrite=FLAGS.overwrite,

@@ -174,14 +174,14 @@ def define_flags() -> None:
     flags.DEFINE_float("w0", 10.0, "Border weight amplitude, for --border_weights.")
     flags.DEFINE_float("sigma", 5.0, "Border width in pixels, for --border_weights.")
     cli.define_output_flags()
-    flags.mark_flags_as_required(["src", "out"])
+    flags.mark_flags_as_required(["src", "out_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.exit_on_error(lambda: convert_isbi(
-        FLAGS.src, FLAGS.out, val_slices=FLAGS.val_slices, val_count=FLAGS.val_count,
+        FLAGS.src, FLAGS.out_dir, val_slices=FLAGS.val_slices, val_count=FLAGS.val_count,
         options=IsbiOptions(FLAGS.border_weights, FLAGS.w0, FLAGS.sigma), workers=FLAGS.workers,
         shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite))
 

@@ -79,19 +79,20 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     try:
-        generate(FLAGS.out, FLAGS.num_train, FLAGS.num_val, FLAGS.size, FLAGS.seed)
+        generate(FLAGS.out_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.size, FLAGS.seed)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("out", None, "Output folder for images/ and masks/.")
+    flags.DEFINE_string("out_dir", None, "Output folder for images/ and masks/.")
+    flags.DEFINE_alias("out", "out_dir")  # the older spelling
     flags.DEFINE_integer("num_train", 400, "Training examples.")
     flags.DEFINE_integer("num_val", 100, "Validation examples.")
     flags.DEFINE_integer("size", 64, "Image side in pixels.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.mark_flag_as_required("out")
+    flags.mark_flag_as_required("out_dir")
     from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
 
     app.run(main, argv=flagfile_argv())

@@ -227,14 +227,14 @@ def define_flags() -> None:
     flags.DEFINE_string("sbd", None, "Optional SBD dataset folder with cls/*.mat and img/*.jpg.")
     flags.DEFINE_string("sbd_split", "train_aug", "Name of the VOC train + SBD split written with --sbd.")
     cli.define_output_flags()
-    flags.mark_flags_as_required(["src", "out"])
+    flags.mark_flags_as_required(["src", "out_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.exit_on_error(lambda: convert_voc(
-        FLAGS.src, FLAGS.out, splits=FLAGS.splits, sbd=FLAGS.sbd, sbd_split=FLAGS.sbd_split,
+        FLAGS.src, FLAGS.out_dir, splits=FLAGS.splits, sbd=FLAGS.sbd, sbd_split=FLAGS.sbd_split,
         workers=FLAGS.workers, shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite))
 
 

@@ -224,7 +224,8 @@ def write_dataset(
       FileExistsError: ``out_dir`` holds a dataset and ``overwrite`` is False.
     """
     from keras_seg.data.features import MANIFEST, FORMAT_VERSION, shard_name  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import atomic_write_json, enet_weights, median_frequency_weights  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.manifest import enet_weights, median_frequency_weights  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
 
     info.validate()
     out_dir = os.path.abspath(out_dir)

@@ -1,19 +1,4 @@
-"""The ``model_dir`` layout, and rebuilding a trained model from it.
-
-``model_dir/``::
-
-    flags.txt            resolved training flags (replay with --flagfile)
-    model_config.json    model name, num_classes, options, input preprocessing, class names,
-                         palette, ignore label, and the --mixed_precision of the latest
-                         training command
-    ckpt/                latest checkpoints (tf.train.CheckpointManager); unreadable ones
-                         found on resume are renamed *.corrupt
-    best/                checkpoint with the best eval mean IoU, and best.json
-    eval/                metrics-<step>.json per evaluation
-    train/, eval/        TensorBoard event files
-    .tmp-worker-<i>/     multi-worker only, for an instant: another worker's copy of a
-                         checkpoint being saved (only the chief's is kept)
-"""
+"""Rebuilding a trained model from its ``model_dir`` (the layout: :mod:`keras_seg.layout`)."""
 
 from __future__ import annotations
 
@@ -26,13 +11,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from keras_seg.data.manifest import atomic_write_json
+from keras_seg.fileio import atomic_write_json
+from keras_seg.layout import ModelDir
 from keras_seg.precision import precision_scope
 from keras_seg.registry import get_spec
-
-MODEL_CONFIG = "model_config.json"
-LATEST_DIR = "ckpt"
-BEST_DIR = "best"
 
 
 class CheckpointError(ValueError):
@@ -41,12 +23,12 @@ class CheckpointError(ValueError):
 
 def write_model_config(model_dir: str, config: Dict[str, Any]) -> None:
     """Writes ``model_config.json`` atomically."""
-    atomic_write_json(os.path.join(model_dir, MODEL_CONFIG), config)
+    atomic_write_json(ModelDir(model_dir).model_config, config)
 
 
 def read_model_config(model_dir: str) -> Dict[str, Any]:
     """Reads ``model_config.json``, with a clear error when ``model_dir`` is not a training run."""
-    path = os.path.join(model_dir, MODEL_CONFIG)
+    path = ModelDir(model_dir).model_config
     if not os.path.isfile(path):
         raise CheckpointError(
             f"{path} not found: --model_dir={model_dir!r} is not a keras_seg training directory. "
@@ -73,7 +55,7 @@ def find_checkpoint(model_dir: str, which: str = "latest") -> str:
       CheckpointError: when there is no such checkpoint, naming the directory.
     """
     if which in ("latest", "best"):
-        d = os.path.join(model_dir, LATEST_DIR if which == "latest" else BEST_DIR)
+        d = ModelDir(model_dir).checkpoint_dir(which)
         path = tf.train.latest_checkpoint(d) if os.path.isdir(d) else None
         if path is None:
             raise CheckpointError(
@@ -279,7 +261,7 @@ def load_trained_model(model_dir: str, checkpoint: str = "latest", input_shape=(
 
 def optional_best_metrics(model_dir: str) -> Optional[Dict[str, Any]]:
     """The ``best/best.json`` record, if any."""
-    path = os.path.join(model_dir, BEST_DIR, "best.json")
+    path = ModelDir(model_dir).best_json
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -47,7 +47,8 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     prediction | errors (``-sheet.png``).
     """
     from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.manifest import load_manifest  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
     from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
     from keras_seg.training import evaluate, format_iou_table, scores_to_json  # pylint: disable=import-outside-toplevel
@@ -55,6 +56,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
 
     from keras_seg.inference import InferenceConfig  # pylint: disable=import-outside-toplevel
+    from keras_seg.layout import ModelDir  # pylint: disable=import-outside-toplevel
 
     check_precision(mixed_precision)
     inference = (inference or InferenceConfig()).validate()
@@ -79,7 +81,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
                    "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference),
                    "inference_options": dict(inference_options or {})})
     options_tag = "".join(f"-{k}_{v}" for k, v in sorted((inference_options or {}).items()))
-    out = out or os.path.join(model_dir, "eval", f"evaluate-{split}-{step:08d}{inference.tag()}{options_tag}.json")
+    out = out or ModelDir(model_dir).evaluate_json(split, step, inference.tag() + options_tag)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_json(out, record)
     log(format_iou_table(scores, manifest["class_names"]))
@@ -134,7 +136,7 @@ def main(argv):
     from keras_seg.inference import inference_from_flags  # pylint: disable=import-outside-toplevel
 
     try:
-        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.out,
+        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.output,
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
             inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images,
             inference_options=parse_inference_options(FLAGS.inference_options))
@@ -149,7 +151,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model trained on).")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
     flags.DEFINE_integer("batch_size", 1, "Images per batch; a batch only ever holds images of one size (never padded), so every batch size gives the scores of batch 1.")
-    flags.DEFINE_string("out", None, "JSON output path.")
+    flags.DEFINE_string("output", None, "JSON output path (default: model_dir/eval/evaluate-<split>-<step><mode>.json).")
+    flags.DEFINE_alias("out", "output")  # the older spelling
     flags.DEFINE_bool("jit_compile", False, "Run the forward pass under XLA (compiled once per image size; "
                       "benchmarks/RESULTS.md compares it with plain tf.function).")
     from keras_seg.precision import HELP, PRECISIONS  # pylint: disable=import-outside-toplevel

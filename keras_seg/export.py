@@ -59,6 +59,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from keras_seg.options import option  # noqa: E402
+from keras_seg.options import validate as validate_options  # noqa: E402
+from keras_seg.registry import parse_inference_options  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 SAVED_MODEL = "saved_model"
@@ -81,69 +85,57 @@ FLOAT_TRANSPOSE_CONV_CHANNELS = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _parse_size(values) -> Optional[Tuple[int, int]]:
+    if not values:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError as e:
+        raise ValueError(f"--tflite_size must be H,W integers. Received: tflite_size={list(values)!r}") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """What :func:`export` needs.
+    """What :func:`export` needs. Each field is also the export flag of its name, declared
+    once (:mod:`keras_seg.options`): its help, parser and bounds make the flags, the config
+    and the validation."""
 
-    Attributes:
-      model_dir: training directory (``model_config.json`` and checkpoints).
-      out: output directory (created if needed).
-      formats: subset of :data:`FORMATS`.
-      checkpoint: ``latest``, ``best`` or a checkpoint path prefix.
-      version: integer version (``None``: one more than the highest in ``out``).
-      model_name: serving name (``None``: the basename of ``model_dir``).
-      tflite_size: fixed TFLite input ``(H, W)`` (``None``: the training crop size).
-      data_dir: dataset for the parity report and int8 calibration (``None``: the one
-        the model was trained on, from ``model_config.json``).
-      parity_split: split the parity report evaluates.
-      parity_images: images of that split to compare (0 skips the report).
-      int8_split: split the int8 calibration tiles come from (``None``: the training split).
-      int8_samples: number of calibration tiles.
-      tflite_fit: ``tile`` or ``resize``: how the parity report (like ``predict --tflite``)
-        runs TFLite models on images of another size.
-      tile_overlap: tile overlap as a fraction of the tile side.
-      warn_below: agreement (percent) under which the report prints a WARNING block.
-      inference_options: values of the model's inference options (``{"head": "L2"}`` exports
-        a U-Net++ pruned to head L2): every format holds that graph, and the metadata's
-        ``model_options`` record it.
-    """
-
-    model_dir: str
-    out: str
-    formats: Tuple[str, ...] = FORMATS
-    checkpoint: str = "latest"
-    version: Optional[int] = None
-    model_name: Optional[str] = None
-    tflite_size: Optional[Tuple[int, int]] = None
-    data_dir: Optional[str] = None
-    parity_split: str = "val"
-    parity_images: int = 50
-    int8_split: Optional[str] = None
-    int8_samples: int = 100
-    tflite_fit: str = "tile"
-    tile_overlap: float = 0.25
-    warn_below: float = 98.0
-    inference_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_dir: str = option(help="Training directory (model_config.json, ckpt/, best/).", kind="string")
+    out: str = option(help="Output directory; see the module docstring for the layout.", kind="string",
+                      flag="out_dir", aliases=("out",))
+    formats: Tuple[str, ...] = option(
+        FORMATS, f"Comma-separated subset of {','.join(FORMATS)}.", parse=tuple, flag_default=list(FORMATS),
+        check=lambda v, c: bool(v) and all(f in FORMATS for f in v), want=f"a non-empty subset of {','.join(FORMATS)}")
+    checkpoint: str = option("latest", "latest, best, or a checkpoint path prefix.")
+    version: Optional[int] = option(None, "Version number (default: one more than the highest in --out).", kind="integer",
+                                    check=lambda v, c: v is None or v >= 0, want="an integer >= 0")
+    model_name: Optional[str] = option(None, "Serving model name (default: the model_dir's basename).", kind="string",
+                                       check=lambda v, c: v is None or bool(_NAME_RE.match(v)),
+                                       want="letters, digits, '_', '.', '-' (no '/')")
+    tflite_size: Optional[Tuple[int, int]] = option(
+        None, "Fixed TFLite input H,W (default: the training crop_size).", kind="list", parse=_parse_size,
+        check=lambda v, c: v is None or (len(v) == 2 and min(v) >= 1), want="H,W with H, W >= 1")
+    data_dir: Optional[str] = option(None, "Dataset for parity and int8 calibration (default: the training one).",
+                                     kind="string")
+    parity_split: str = option("val", "Split the parity report evaluates.")
+    parity_images: int = option(50, "Images compared (the whole split if smaller; 0 skips).",
+                                check=lambda v, c: v >= 0, want=">= 0")
+    int8_split: Optional[str] = option(None, "Split of the int8 calibration tiles (default: the training split).",
+                                       kind="string")
+    int8_samples: int = option(100, "int8 calibration tiles.", check=lambda v, c: v >= 1, want=">= 1")
+    tflite_fit: str = option("tile", "How TFLite parity runs images of other sizes (as predict --tflite).",
+                             choices=("tile", "resize"))
+    tile_overlap: float = option(0.25, "Tile overlap, fraction of the tile side.",
+                                 check=lambda v, c: 0.0 <= v <= 0.9, want="in [0, 0.9]")
+    warn_below: float = option(98.0, "Print a WARNING block under this agreement (percent).")
+    inference_options: Dict[str, Any] = option(
+        {}, "key=value options that pick another inference graph of the same trained variables, e.g. head=L2 "
+        "exports a U-Net++ pruned to head L2 (keras_seg.registry.ModelSpec.inference_options); the metadata's "
+        "model_options record it.", kind="list", parse=parse_inference_options, flag_default=[])
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise ValueError(f"--formats must be a non-empty subset of {','.join(FORMATS)}. Received: formats={list(self.formats)!r}")
-        if self.version is not None and self.version < 0:
-            raise ValueError(f"--version must be an integer >= 0. Received: version={self.version!r}")
-        if self.model_name is not None and not _NAME_RE.match(self.model_name):
-            raise ValueError(f"--model_name must be letters, digits, '_', '.', '-' (no '/'). Received: model_name={self.model_name!r}")
-        if self.tflite_size is not None and (len(self.tflite_size) != 2 or min(self.tflite_size) < 1):
-            raise ValueError(f"--tflite_size must be H,W with H, W >= 1. Received: tflite_size={self.tflite_size!r}")
-        if self.parity_images < 0:
-            raise ValueError(f"--parity_images must be >= 0. Received: parity_images={self.parity_images!r}")
-        if self.int8_samples < 1:
-            raise ValueError(f"--int8_samples must be >= 1. Received: int8_samples={self.int8_samples!r}")
-        if self.tflite_fit not in ("tile", "resize"):
-            raise ValueError(f"--tflite_fit must be tile or resize. Received: tflite_fit={self.tflite_fit!r}")
-        if not 0.0 <= self.tile_overlap <= 0.9:
-            raise ValueError(f"--tile_overlap must be in [0, 0.9]. Received: tile_overlap={self.tile_overlap!r}")
+        validate_options(self)
 
 
 @dataclasses.dataclass
@@ -300,7 +292,7 @@ def build_serving_archive(model, metadata: Dict[str, Any]):
 
 def write_saved_model(model, metadata: Dict[str, Any], path: str) -> None:
     """Writes the serving SavedModel to ``path`` with the metadata JSON in ``assets.extra/``."""
-    from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
 
     build_serving_archive(model, metadata).write_out(path, verbose=False)
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
@@ -533,7 +525,8 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
       ValueError: bad settings, an existing version, a missing dataset, a failed conversion.
     """
     from keras_seg.checkpoints import load_trained_model  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import atomic_write_json, load_manifest  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.manifest import load_manifest  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
     from keras_seg.litert import TFLiteSegmenter, embed_metadata, pad_color  # pylint: disable=import-outside-toplevel
     from keras_seg.parity import compare, format_table, read_examples, warnings_for  # pylint: disable=import-outside-toplevel
 
@@ -668,21 +661,9 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> ExportResul
 
 def config_from_flags(f) -> ExportConfig:
     """Builds and validates the :class:`ExportConfig` of the parsed flags."""
-    from keras_seg.registry import parse_inference_options  # pylint: disable=import-outside-toplevel
+    from keras_seg.flags import config_from_flags as from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
-        size = tuple(int(v) for v in f.tflite_size) if f.tflite_size else None
-    except ValueError as e:
-        raise ValueError(f"--tflite_size must be H,W integers. Received: tflite_size={f.tflite_size!r}") from e
-    cfg = ExportConfig(
-        model_dir=f.model_dir, out=f.out, formats=tuple(f.formats), checkpoint=f.checkpoint, version=f.version,
-        model_name=f.model_name, tflite_size=size, data_dir=f.data_dir, parity_split=f.parity_split,
-        parity_images=f.parity_images, int8_split=f.int8_split, int8_samples=f.int8_samples,
-        tflite_fit=f.tflite_fit, tile_overlap=f.tile_overlap, warn_below=f.warn_below,
-        inference_options=parse_inference_options(f.inference_options),
-    )
-    cfg.validate()
-    return cfg
+    return from_flags(f, ExportConfig)
 
 
 def main(argv):
@@ -700,28 +681,11 @@ def main(argv):
 
 
 def define_flags() -> None:
-    """Defines the export flags (called from ``__main__`` only)."""
-    from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
+    """Defines the export flags, one per :class:`ExportConfig` field (called from ``__main__`` only)."""
+    from keras_seg.flags import define_flags as define  # pylint: disable=import-outside-toplevel
 
-    d = ExportConfig.__dataclass_fields__
-    flags.DEFINE_string("model_dir", None, "Training directory (model_config.json, ckpt/, best/).")
-    flags.DEFINE_string("out", None, "Output directory; see the module docstring for the layout.")
-    flags.DEFINE_list("formats", list(FORMATS), f"Comma-separated subset of {','.join(FORMATS)}.")
-    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
-    flags.DEFINE_integer("version", None, "Version number (default: one more than the highest in --out).")
-    flags.DEFINE_string("model_name", None, "Serving model name (default: the model_dir's basename).")
-    flags.DEFINE_list("tflite_size", None, "Fixed TFLite input H,W (default: the training crop_size).")
-    flags.DEFINE_string("data_dir", None, "Dataset for parity and int8 calibration (default: the training one).")
-    flags.DEFINE_string("parity_split", d["parity_split"].default, "Split the parity report evaluates.")
-    flags.DEFINE_integer("parity_images", d["parity_images"].default, "Images compared (the whole split if smaller; 0 skips).")
-    flags.DEFINE_string("int8_split", None, "Split of the int8 calibration tiles (default: the training split).")
-    flags.DEFINE_integer("int8_samples", d["int8_samples"].default, "int8 calibration tiles.")
-    flags.DEFINE_enum("tflite_fit", "tile", ["tile", "resize"], "How TFLite parity runs images of other sizes (as predict --tflite).")
-    flags.DEFINE_float("tile_overlap", d["tile_overlap"].default, "Tile overlap, fraction of the tile side.")
-    flags.DEFINE_float("warn_below", d["warn_below"].default, "Print a WARNING block under this agreement (percent).")
-    flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
-    flags.mark_flag_as_required("model_dir")
-    flags.mark_flag_as_required("out")
+    define(ExportConfig)
+    flags.mark_flags_as_required(["model_dir", "out_dir"])
 
 
 if __name__ == "__main__":

@@ -72,8 +72,11 @@ def read_scalars(event_dir: str) -> Tuple[Series, float]:
 
 def curves(model_dir: str) -> Dict[str, object]:
     """The train and eval series of ``model_dir`` and the run's start time; ValueError if none."""
-    train, t0 = read_scalars(os.path.join(model_dir, "train"))
-    evals, t1 = read_scalars(os.path.join(model_dir, "eval"))
+    from keras_seg.layout import ModelDir  # pylint: disable=import-outside-toplevel
+
+    paths = ModelDir(model_dir)
+    train, t0 = read_scalars(paths.train_dir)
+    evals, t1 = read_scalars(paths.eval_dir)
     if not train and not evals:
         raise ValueError(f"{model_dir}/train and {model_dir}/eval hold no TensorBoard scalars: not a training "
                          "directory, or nothing was logged yet (the trainer logs every --log_every steps).")
@@ -228,7 +231,7 @@ def main(argv):
     del argv
     try:
         data = curves(FLAGS.model_dir)
-        out = FLAGS.out or os.path.join(FLAGS.model_dir, "curves.png")
+        out = FLAGS.output or os.path.join(FLAGS.model_dir, "curves.png")
         plot(data, out, FLAGS.title or os.path.basename(os.path.normpath(FLAGS.model_dir)))
         print(f"wrote {out}")
         if FLAGS.csv:
@@ -241,7 +244,8 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("model_dir", None, "Training directory (its train/ and eval/ TensorBoard files).", required=True)
-    flags.DEFINE_string("out", None, "PNG path (default: <model_dir>/curves.png).")
+    flags.DEFINE_string("output", None, "PNG path (default: <model_dir>/curves.png).")
+    flags.DEFINE_alias("out", "output")  # the older spelling
     flags.DEFINE_string("csv", None, "Also write the eval curve as step,hours,mean_iu CSV here.")
     flags.DEFINE_string("title", None, "Figure title (default: the model_dir's name).")
     from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel

@@ -301,10 +301,10 @@ def main(argv):
             if inference != InferenceConfig():
                 raise ValueError("--mode, --window, --stride, --scales and --flip apply to Keras prediction "
                                  "(--model_dir, --pretrained); --tflite tiles with --tflite_fit and --tile_overlap.")
-            run_tflite(FLAGS.tflite, argv[1:], FLAGS.out, FLAGS.tflite_fit, FLAGS.tile_overlap,
+            run_tflite(FLAGS.tflite, argv[1:], FLAGS.out_dir, FLAGS.tflite_fit, FLAGS.tile_overlap,
                        num_threads=FLAGS.tflite_threads, save_probabilities=FLAGS.save_probabilities)
         else:
-            run(FLAGS.model_dir, argv[1:], FLAGS.out, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
+            run(FLAGS.model_dir, argv[1:], FLAGS.out_dir, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
                 inference=inference, save_probabilities=FLAGS.save_probabilities, batch_size=FLAGS.batch_size,
                 inference_options=parse_inference_options(FLAGS.inference_options))
     except (ValueError, OSError) as e:
@@ -319,7 +319,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("pretrained", None, "Shipped weights to predict with instead of --model_dir, e.g. "
                         "enet_camvid (keras_seg.pretrained.available() lists them).")
     flags.DEFINE_string("tflite", None, "A .tflite file from keras_seg.export (LiteRT prediction), instead of --model_dir.")
-    flags.DEFINE_string("out", "predictions", "Output folder.")
+    flags.DEFINE_string("out_dir", "predictions", "Output folder.")
+    flags.DEFINE_alias("out", "out_dir")  # the older spelling
     flags.DEFINE_integer("batch_size", 1, "Keras prediction: up to this many consecutive images of one size per "
                          "forward pass (never padded).", lower_bound=1)
     flags.DEFINE_bool("save_probabilities", False, "Also write <stem>_probs.npy, float32 (H, W, C) class probabilities.")

@@ -74,7 +74,7 @@ def test_models_lists_options_inference_options_and_weights():
 
 
 def test_prepare_runs_the_converter_module(tmp_path):
-    res = _keras_seg("prepare", "shapes", f"--out={tmp_path / 'shapes'}", "--num_train=2", "--num_val=1", "--size=32")
+    res = _keras_seg("prepare", "shapes", f"--out_dir={tmp_path / 'shapes'}", "--num_train=2", "--num_val=1", "--size=32")
     assert res.returncode == 0, res.stderr
     assert len(os.listdir(tmp_path / "shapes" / "images" / "train")) == 2
 

@@ -19,7 +19,7 @@ from data_prep.folder import convert_folder
 from keras_seg.checkpoints import CheckpointError, load_trained_model
 from keras_seg.data.preprocess import MEAN_RGB, normalize_image
 from keras_seg.export import ExportConfig, existing_versions, export
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.litert import MEAN_COLOR, TFLiteSegmenter, embedded_metadata
 from keras_seg.parity import warnings_for
 from keras_seg.predict import overlay

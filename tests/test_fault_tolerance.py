@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from data_prep.folder import convert_folder
-from keras_seg import training
+from keras_seg.training import loop as training  # the module whose names the tests patch
+from keras_seg.training import seed_generator_states
 from keras_seg.checkpoints import (
     CheckpointError,
     build_full_model,
@@ -20,7 +21,7 @@ from keras_seg.checkpoints import (
     remove_partial_writes,
     restore_newest,
 )
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.training import ModelDirWriteError, NonFiniteLossError, train
 from tests.cluster_utils import Processes, max_relative_difference, train_args, wait_for
 from tests.data.fixtures import make_folder_dataset
@@ -80,14 +81,14 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(data_dir
 def test_dropout_rng_state_is_checkpointed(tmp_path):
     config = {"model": "unet", "num_classes": 3, "model_options": dict(TINY, dropout=0.5)}
     model = build_full_model(config)
-    states = training.seed_generator_states(model)
+    states = seed_generator_states(model)
     assert list(states) == ["bottleneck_dropout_seed0"]
     for _ in range(3):
         model(tf.zeros((1, 16, 16, 3)), training=True)
     path = tf.train.Checkpoint(model=model, rng=states).write(str(tmp_path / "c"))
     fresh = build_full_model(config)
-    tf.train.Checkpoint(model=fresh, rng=training.seed_generator_states(fresh)).read(path).assert_existing_objects_matched()
-    np.testing.assert_array_equal(training.seed_generator_states(fresh)["bottleneck_dropout_seed0"].numpy(),
+    tf.train.Checkpoint(model=fresh, rng=seed_generator_states(fresh)).read(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(seed_generator_states(fresh)["bottleneck_dropout_seed0"].numpy(),
                                   states["bottleneck_dropout_seed0"].numpy())
 
 
@@ -206,7 +207,7 @@ def test_nan_after_a_checkpoint_names_it_and_keeps_it(data_dir, tmp_path):
 
 
 def test_full_disk_is_reported_before_training(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(ModelDirWriteError, match=r"--model_dir .* has 0\.0 MiB free but its checkpoints need"):
         train(_cfg(data_dir, tmp_path / "full"), log=lambda m: None)
     assert not (tmp_path / "full" / "ckpt").exists()

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_seg
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.training import decayed_variables, make_optimizer, make_train_step, train
 
 TINY = {"base_width": 4, "depth": 2, "batch_norm": True, "dropout": 0.0}

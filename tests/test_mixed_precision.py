@@ -16,7 +16,7 @@ import tensorflow as tf
 import keras_seg
 from data_prep.folder import convert_folder
 from keras_seg.checkpoints import load_trained_model
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.losses import pixel_ce_sums
 from keras_seg.models.blocks import MaxUnpooling2D
 from keras_seg.precision import (

@@ -18,7 +18,7 @@ from data_prep.folder import convert_folder
 from keras_seg.checkpoints import load_trained_model
 from keras_seg.data import AugmentConfig, DataConfig, make_dataset
 from keras_seg.data.manifest import load_manifest
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.distribute import cluster_resolver
 from keras_seg.training import train
 from tests.cluster_utils import REPO, Processes, free_ports, max_relative_difference, tf_config, train_args, wait_for
@@ -96,7 +96,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from keras_seg.flags import TrainConfig
+    from keras_seg.options import TrainConfig
     from keras_seg.training import train
     from keras_seg.checkpoints import load_trained_model
     data_dir, out = sys.argv[1], sys.argv[2]

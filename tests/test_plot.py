@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.plot import curves
 from keras_seg.training import train
 from tests.data.fixtures import make_converted_dataset

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from keras_seg.checkpoints import load_trained_model
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.predict import expand_inputs, predict_keras
 from keras_seg.training import train
 from tests.data.fixtures import make_converted_dataset

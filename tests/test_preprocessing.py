@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_seg.checkpoints import load_trained_model, model_preprocessing
 from keras_seg.data import DataConfig, make_dataset
 from keras_seg.data.preprocess import mean_pixel, normalize_image, preprocessing_for, preprocessing_record
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.predict import predict_keras
 from keras_seg.training import train
 from tests.data.fixtures import make_converted_dataset, make_folder_dataset

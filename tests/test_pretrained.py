@@ -13,7 +13,7 @@ from PIL import Image
 import keras_seg
 from keras_seg import pretrained
 from keras_seg.checkpoints import load_trained_model
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.training import train
 from tests.data.fixtures import make_converted_dataset
 

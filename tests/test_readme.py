@@ -1,5 +1,7 @@
 """The README's Python examples run, and its commands name files and targets that exist."""
 
+import contextlib
+import io
 import pathlib
 import re
 
@@ -7,11 +9,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-def test_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert blocks
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})  # pylint: disable=exec-used
+def test_python_blocks_run_and_print_what_the_readme_shows():
+    # Each ```python block that prints is followed by a ```text block with its exact output.
+    blocks = re.findall(r"```python\n(.*?)```(?:\s*```text\n(.*?)```)?", README, re.S)
+    assert blocks and all(shown for code, shown in blocks if "print(" in code)
+    for code, shown in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+        assert out.getvalue() == shown, f"README block prints {out.getvalue()!r}, the README shows {shown!r}"
 
 
 def test_make_targets_and_configs_exist():

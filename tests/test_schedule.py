@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_seg.flags import TrainConfig, parse_model_opts
+from keras_seg.options import TrainConfig, parse_model_opts
 from keras_seg.training import PolyWithWarmup, make_optimizer
 
 

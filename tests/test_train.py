@@ -12,7 +12,7 @@ from PIL import Image
 
 from data_prep.folder import convert_folder
 from keras_seg.checkpoints import CheckpointError, load_trained_model
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.training import NonFiniteLossError, train
 from tests.data.fixtures import make_folder_dataset
 

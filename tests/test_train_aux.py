@@ -8,7 +8,7 @@ import pytest
 import keras_seg
 from data_prep.folder import convert_folder
 from keras_seg.checkpoints import load_trained_model
-from keras_seg.flags import TrainConfig
+from keras_seg.options import TrainConfig
 from keras_seg.training import train
 from tests.data.fixtures import make_folder_dataset
 
@@ -73,3 +73,18 @@ def test_unet_pp_deep_supervision_trains_then_evaluates_and_exports_a_pruned_hea
     assert (lite.probabilities(image).argmax(-1) == want[0].argmax(-1)).mean() > 0.999
     with pytest.raises(ValueError, match=r"no inference option \['depth'\]"):
         load_trained_model(model_dir, inference_options={"depth": 2})
+
+
+def test_eval_scales_makes_training_score_what_evaluate_scores_at_those_scales(data_dir, tmp_path):
+    from keras_seg import evaluate
+    from keras_seg.inference import InferenceConfig
+
+    model_dir = str(tmp_path / "half")
+    cfg = TrainConfig(model="unet", num_classes=3, data_dir=data_dir, model_dir=model_dir,
+                      model_options=keras_seg.tiny_options("unet"), crop_size=(32, 32), batch_size=2, train_steps=2,
+                      log_every=1, strategy="one_device", optimizer="adamw", eval_scales=(0.5,))
+    cfg.validate()
+    res = train(cfg, log=lambda m: None)
+    _, half = evaluate.run(model_dir, pictures=False, inference=InferenceConfig(scales=(0.5,)), log=lambda m: None)
+    assert half["mean_iu"] == pytest.approx(res.eval_scores["mean_iu"], abs=1e-6)
+    assert list(half["inference"]["scales"]) == [0.5]

@@ -302,7 +302,7 @@ def main(argv):
         if "models" in FLAGS.sections or "ceiling" in FLAGS.sections or "models" not in raw:
             raw["models"], raw["ceiling"] = partial_results, ceilings
         if json_path:
-            from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+            from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
 
             os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
             atomic_write_json(json_path, raw)

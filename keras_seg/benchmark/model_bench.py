@@ -374,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     spec = BenchSpec(**json.loads(argv[0]))
     result = run(spec)
-    from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
 
     atomic_write_json(argv[1], result)
     return 0

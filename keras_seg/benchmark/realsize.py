@@ -114,7 +114,7 @@ def child_main(argv: List[str]) -> None:
 
     from keras_seg import _alloc  # pylint: disable=import-outside-toplevel
     from keras_seg import flags as ks_flags  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
     from keras_seg.training import train  # pylint: disable=import-outside-toplevel
 
     f = flags.FLAGS

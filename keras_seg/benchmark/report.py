@@ -137,3 +137,17 @@ def resume_decision(old: Optional[dict], spec: dict) -> Tuple[bool, str]:
     if not same_settings(old.get("spec", {}), spec):
         return False, "the earlier run used other settings"
     return True, ""
+
+
+def script_section(title: str, how: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   results: str = "", align: Optional[str] = None) -> str:
+    """The Markdown section of a stand-alone script in ``benchmarks/``: a ``###`` title, how it was
+    run, the machine and the table. Printed, and appended to ``results`` unless that is ``''``."""
+    from keras_seg.benchmark.timing import machine_info  # pylint: disable=import-outside-toplevel
+
+    text = "\n\n".join([f"### {title}", how, machine_header(machine_info()), markdown_table(headers, rows, align)]) + "\n"
+    print(text)
+    if results:
+        with open(results, "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+    return text

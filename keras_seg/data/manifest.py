@@ -72,15 +72,6 @@ def enet_weights(pixel_counts: Sequence[int], c: float = 1.02) -> List[float]:
     return [1.0 / math.log(c + n / total) for n in pixel_counts]
 
 
-def atomic_write_json(path: str, obj) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def load_manifest(data_dir: str) -> Dict:
     """Reads and validates ``data_dir/manifest.json``.
 

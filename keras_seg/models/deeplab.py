@@ -183,6 +183,34 @@ def build_deeplab_v2(
     return load_weights_if_given(model, weights)
 
 
+def _v3_encoder(input_shape, backbone, backbone_blocks, backbone_width, backbone_weights, output_stride, multi_grid,
+                atrous_rates, aspp_filters, image_pooling, separable=False):
+    """DeepLab v3's encoder, shared by v3 and v3+: checks its options, then builds the backbone at
+    ``output_stride`` and ASPP (rates 6/12/18 at stride 16, doubled at 8, unless ``atrous_rates``).
+
+    Returns:
+      ``(inputs, backbone features by stride, ASPP output)``.
+    """
+    check_resnet_args(
+        backbone, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
+        width=backbone_width, weights=backbone_weights,
+    )
+    check_positive_ints(aspp_filters=aspp_filters)
+    _check_bool(image_pooling=image_pooling, separable=separable)
+    if atrous_rates is None:
+        atrous_rates = _scaled_rates((6, 12, 18), output_stride, 16, "atrous_rates")
+    else:
+        atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    features = resnet(
+        inputs, backbone, output_stride=output_stride, multi_grid=multi_grid,
+        blocks=backbone_blocks, width=backbone_width,
+    )
+    x = aspp(features[output_stride], aspp_filters, atrous_rates, image_pooling=image_pooling,
+             separable=separable, name="aspp")
+    return inputs, features, x
+
+
 @register(
     "deeplab_v3",
     tiny=dict(_TINY_RESNET, multi_grid=(2,), aspp_filters=16),
@@ -237,23 +265,8 @@ def build_deeplab_v3(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    check_resnet_args(
-        backbone, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
-        width=backbone_width, weights=backbone_weights,
-    )
-    if isinstance(aspp_filters, bool) or not isinstance(aspp_filters, int) or aspp_filters < 1:
-        raise ValueError(f"aspp_filters must be an int >= 1. Received: aspp_filters={aspp_filters!r}")
-    if atrous_rates is None:
-        atrous_rates = _scaled_rates((6, 12, 18), output_stride, 16, "atrous_rates")
-    else:
-        atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
-
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = resnet(
-        inputs, backbone, output_stride=output_stride, multi_grid=multi_grid,
-        blocks=backbone_blocks, width=backbone_width,
-    )[output_stride]
-    x = aspp(features, aspp_filters, atrous_rates, image_pooling=image_pooling, name="aspp")
+    inputs, _, x = _v3_encoder(input_shape, backbone, backbone_blocks, backbone_width, backbone_weights, output_stride,
+                               multi_grid, atrous_rates, aspp_filters, image_pooling)
     x = logits_layer(x, num_classes, name="classifier")
     outputs = resize_logits(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
@@ -359,26 +372,9 @@ def build_deeplab_v3plus(
     check_common_args(num_classes, input_shape, weights)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16. Received: output_stride={output_stride!r}")
-    check_resnet_args(
-        backbone, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
-        width=backbone_width, weights=backbone_weights,
-    )
-    check_positive_ints(
-        aspp_filters=aspp_filters, low_level_filters=low_level_filters, decoder_filters=decoder_filters
-    )
-    _check_bool(image_pooling=image_pooling, separable=separable)
-    if atrous_rates is None:
-        atrous_rates = _scaled_rates((6, 12, 18), output_stride, 16, "atrous_rates")
-    else:
-        atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
-
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = resnet(
-        inputs, backbone, output_stride=output_stride, multi_grid=multi_grid,
-        blocks=backbone_blocks, width=backbone_width,
-    )
-    x = aspp(features[output_stride], aspp_filters, atrous_rates, image_pooling=image_pooling,
-             separable=separable, name="aspp")
+    check_positive_ints(low_level_filters=low_level_filters, decoder_filters=decoder_filters)
+    inputs, features, x = _v3_encoder(input_shape, backbone, backbone_blocks, backbone_width, backbone_weights,
+                                      output_stride, multi_grid, atrous_rates, aspp_filters, image_pooling, separable)
     x = deeplab_v3plus_decoder(x, features[4], low_level_filters, decoder_filters, separable=separable)
     x = logits_layer(x, num_classes, name="classifier")
     outputs = resize_logits(x, inputs)

@@ -135,7 +135,7 @@ def package(model_dir: str, name: str, checkpoint: str = "best", metrics: Option
       directory: where to write (the package folder by default).
     """
     from keras_seg.checkpoints import find_checkpoint, load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import atomic_write_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
     from keras_seg.registry import get_spec  # pylint: disable=import-outside-toplevel
 
     trained_model, config, path = load_trained_model(model_dir, checkpoint)

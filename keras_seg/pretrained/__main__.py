@@ -39,7 +39,7 @@ def main(argv):
             except ValueError:
                 pass
         paths = package(FLAGS.model_dir, FLAGS.name, FLAGS.checkpoint, _pairs(FLAGS.metrics, "metrics"), trained,
-                        directory=FLAGS.out or os.path.dirname(os.path.abspath(__file__)))
+                        directory=FLAGS.out_dir or os.path.dirname(os.path.abspath(__file__)))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -53,7 +53,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", "best", "best, latest or a checkpoint prefix.")
     flags.DEFINE_multi_string("metrics", [], "split=PATH of an evaluate JSON of that checkpoint (repeatable).")
     flags.DEFINE_multi_string("trained", [], "key=value about the training (config, wall_hours, machine; repeatable).")
-    flags.DEFINE_string("out", None, "Folder to write to (default: the installed keras_seg/pretrained).")
+    flags.DEFINE_string("out_dir", None, "Folder to write to (default: the installed keras_seg/pretrained).")
+    flags.DEFINE_alias("out", "out_dir")  # the older spelling
     from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
 
     app.run(main, argv=flagfile_argv())
