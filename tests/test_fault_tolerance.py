@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from data_prep.folder import convert_folder
 from keras_seg.training import loop as training  # the module whose names the tests patch
-from keras_seg.training import seed_generator_states
+from keras_seg.training import checkpointing, seed_generator_states
 from keras_seg.checkpoints import (
     CheckpointError,
     build_full_model,
@@ -97,7 +97,7 @@ def test_checkpoint_without_rng_state_still_resumes(data_dir, tmp_path, monkeypa
     model_dir = tmp_path / "old"
     opts = dict(TINY, dropout=0.5)
     with monkeypatch.context() as m:
-        m.setattr(training, "seed_generator_states", lambda model: {})
+        m.setattr(checkpointing, "seed_generator_states", lambda model: {})
         train(_cfg(data_dir, model_dir, model_options=opts, steps_per_run=2), log=lambda m: None)
     logs = []
     assert train(_cfg(data_dir, model_dir, model_options=opts), log=logs.append).step == 4
