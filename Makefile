@@ -29,27 +29,27 @@ test-slow: $(STAMP)
 # parity report) and predict with the int8 TFLite model under LiteRT (2000 training steps: README).
 demo: $(STAMP)
 	rm -rf $(DEMO)
-	$(BIN)/python -m data_prep.shapes --out $(DEMO)/shapes_raw
-	$(BIN)/python -m data_prep.folder --images $(DEMO)/shapes_raw/images --masks $(DEMO)/shapes_raw/masks \
-		--out $(DEMO)/shapes_tfrecords --name shapes --class_names=background,disk,square,triangle
-	$(BIN)/python -m keras_seg.train --flagfile=configs/unet.cfg --model_dir=$(DEMO)/unet_run
-	$(BIN)/python -m keras_seg.evaluate --model_dir=$(DEMO)/unet_run --split=val
-	$(BIN)/python -m keras_seg.predict --model_dir=$(DEMO)/unet_run --out=$(DEMO)/predictions \
+	$(BIN)/keras-seg prepare shapes --out_dir=$(DEMO)/shapes_raw
+	$(BIN)/keras-seg prepare folder --images=$(DEMO)/shapes_raw/images --masks=$(DEMO)/shapes_raw/masks \
+		--out_dir=$(DEMO)/shapes_tfrecords --name=shapes --class_names=background,disk,square,triangle
+	$(BIN)/keras-seg train --flagfile=configs/unet.cfg --model_dir=$(DEMO)/unet_run
+	$(BIN)/keras-seg evaluate --model_dir=$(DEMO)/unet_run --split=val
+	$(BIN)/keras-seg predict --model_dir=$(DEMO)/unet_run --out_dir=$(DEMO)/predictions \
 		$(DEMO)/shapes_raw/images/val/val_00000.png
-	$(BIN)/python -m keras_seg.export --model_dir=$(DEMO)/unet_run --out=$(DEMO)/export --version=1
-	$(BIN)/python -m keras_seg.predict --tflite=$(DEMO)/export/unet_run_v1/unet_run_int8.tflite \
-		--out=$(DEMO)/predictions_tflite $(DEMO)/shapes_raw/images/val/val_00000.png
+	$(BIN)/keras-seg export --model_dir=$(DEMO)/unet_run --out_dir=$(DEMO)/export --version=1
+	$(BIN)/keras-seg predict --tflite=$(DEMO)/export/unet_run_v1/unet_run_int8.tflite \
+		--out_dir=$(DEMO)/predictions_tflite $(DEMO)/shapes_raw/images/val/val_00000.png
 	@echo "Parity of the exported models with Keras ($(DEMO)/export/unet_run_v1/parity.json):"
 	@cat $(DEMO)/export/unet_run_v1/parity.txt
 
-# Benchmarks (benchmarks/RESULTS.md): every model at 256x256 (52 min on 2 AVX-512 cores,
-# 100 min on 2 AVX2 cores), the smoke run (under 10 minutes, writes
+# Benchmarks (benchmarks/, run from the repository root; RESULTS.md): every model at 256x256
+# (52 min on 2 AVX-512 cores, 100 min on 2 AVX2 cores), the smoke run (under 10 minutes, writes
 # benchmarks/RESULTS-quick.md), and PyTorch side by side.
 bench: $(STAMP)
-	$(BIN)/python -m keras_seg.benchmark
+	$(BIN)/python -m benchmarks
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m keras_seg.benchmark --quick
+	$(BIN)/python -m benchmarks --quick
 
 bench-torch: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-torch]'

@@ -1,13 +1,13 @@
 r"""keras_seg's U-Net, FCN-8s and ENet side by side with their PyTorch twins, on the same weights.
 
     python benchmarks/compare_torch.py [--models unet,fcn8s] [--size 256 | --size H,W]
-        [--batch 2] [--infer_batch 1] [--rounds 3] [--num_classes 21] [--class_weights none]
+        [--train_batch_size 2] [--infer_batch_size 1] [--rounds 3] [--num_classes 21] [--class_weights none]
         [--tiny] [--results benchmarks/RESULTS.md] [--section pytorch]
 
 ENet at its CamVid training setting (configs/enet_camvid.cfg: crop 352x480, batch 10, 11
 classes, ENet class weighting), in its own section of the results file:
 
-    python benchmarks/compare_torch.py --models enet --size 352,480 --batch 10 \
+    python benchmarks/compare_torch.py --models enet --size 352,480 --train_batch_size 10 \
         --num_classes 11 --class_weights enet --section pytorch-enet
 
 For each model it builds the Keras network (paper defaults, ``--num_classes`` classes) and
@@ -64,9 +64,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_seg  # noqa: E402
+from benchmarks import report, timing  # noqa: E402
+from benchmarks.model_bench import FitStepTimer  # noqa: E402
 from benchmarks.torch_models import TorchENet, TorchFCN8s, TorchUNet, copy_keras_weights  # noqa: E402
-from keras_seg.benchmark import report, timing  # noqa: E402
-from keras_seg.benchmark.model_bench import FitStepTimer  # noqa: E402
 from keras_seg.data.manifest import enet_weights  # noqa: E402
 from keras_seg.losses import WeightedPixelCrossEntropy  # noqa: E402
 from keras_seg.training import make_train_step  # noqa: E402
@@ -114,10 +114,10 @@ def compare_model(name: str, args, strategy) -> tuple:
     label = f"{name} (tiny)" if args.tiny else name
     num_classes, (height, width) = args.num_classes, args.size
     rng = np.random.default_rng(0)
-    n = max(args.batch, args.infer_batch)
+    n = max(args.train_batch_size, args.infer_batch_size)
     x_all = rng.normal(size=(n, height, width, 3)).astype(np.float32)
-    x, x_inf = x_all[: args.batch], x_all[: args.infer_batch]
-    y = rng.integers(0, num_classes, size=(args.batch, height, width)).astype(np.int32)
+    x, x_inf = x_all[: args.train_batch_size], x_all[: args.infer_batch_size]
+    y = rng.integers(0, num_classes, size=(args.train_batch_size, height, width)).astype(np.int32)
     y[rng.random(y.shape) < 0.05] = IGNORE_LABEL  # a few unlabelled pixels, ignored by both
     w = np.ones(y.shape, np.float32)
     class_weights = None
@@ -148,7 +148,7 @@ def compare_model(name: str, args, strategy) -> tuple:
     note = f"{label}: max |logit diff| {diff:.2e} (max |logit| {scale:.3g}) at {height}x{width}"
     note += f", options {options}" if options else ""
     _log(note + flag)
-    _log(f"{label}: timing inference, batch {args.infer_batch}, {args.rounds} rounds")
+    _log(f"{label}: timing inference, batch {args.infer_batch_size}, {args.rounds} rounds")
     infer_t = timing.time_alternating(
         {"keras": lambda: infer(xk).numpy(), "torch": torch_infer}, rounds=args.rounds)
     _log(f"{label}: inference warm-up call keras {infer_t['keras'].first_s:.2f}s torch "
@@ -203,7 +203,7 @@ def compare_model(name: str, args, strategy) -> tuple:
         torch_opt.step()
         losses["torch"].append(loss.item())
 
-    _log(f"{label}: timing training, batch {args.batch}, {args.rounds} rounds "
+    _log(f"{label}: timing training, batch {args.train_batch_size}, {args.rounds} rounds "
          f"({', '.join(steps)}, fit, torch alternately)")
     train_t = timing.time_alternating(
         {**{side: keras_step(side) for side in steps}, "fit": fit_step, "torch": torch_step}, rounds=args.rounds)
@@ -213,11 +213,12 @@ def compare_model(name: str, args, strategy) -> tuple:
             raise FloatingPointError(f"{label}: {side} training loss is not finite: {values}")
     _log(f"{label}: training warm-up step " + ", ".join(f"{k} {v.first_s:.2f}s" for k, v in train_t.items())
          + "; first losses " + ", ".join(f"{k} {v[0]:.4f}" for k, v in losses.items() if v))
-    rows = [_row(label, args.size, args.infer_batch, "inference", infer_t)]
+    rows = [_row(label, args.size, args.infer_batch_size, "inference", infer_t)]
     for side, mode in (("keras", "training: our loop"), ("keras_xla", "training: our loop + XLA"),
                        ("fit", "training: model.fit")):
         if side in train_t:
-            rows.append(_row(label, args.size, args.batch, mode, {"keras": train_t[side], "torch": train_t["torch"]}))
+            rows.append(_row(label, args.size, args.train_batch_size, mode,
+                             {"keras": train_t[side], "torch": train_t["torch"]}))
     note += (f"; first training loss keras {losses['keras'][0]:.4f}, torch {losses['torch'][0]:.4f}"
              " (dropout masks differ)")
     return rows, note
@@ -227,8 +228,9 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="unet,fcn8s", help=f"comma-separated subset of {','.join(TWINS)}")
     p.add_argument("--size", type=_size, default=(256, 256), help="input size: H,W, or S for S x S (default 256)")
-    p.add_argument("--batch", type=int, default=2, help="training batch")
-    p.add_argument("--infer_batch", type=int, default=1, help="inference batch")
+    p.add_argument("--train_batch_size", "--batch", type=int, default=2, help="training batch (--batch: old name)")
+    p.add_argument("--infer_batch_size", "--infer_batch", type=int, default=1,
+                   help="inference batch (--infer_batch: old name)")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (after one warm-up call each)")
     p.add_argument("--num_classes", type=int, default=21, help="classes of the logits and the random labels")
     p.add_argument("--class_weights", choices=("none", "enet"), default="none",
@@ -247,9 +249,9 @@ def main(argv=None) -> str:
     unknown = sorted(set(models) - set(TWINS))
     if unknown or not models:
         p.error(f"--models takes a subset of {sorted(TWINS)}. Received: --models={args.models!r}")
-    if not re.fullmatch(r"[a-z0-9_-]+", args.section):  # keras_seg.benchmark.report's section names
+    if not re.fullmatch(r"[a-z0-9_-]+", args.section):  # benchmarks.report's section names
         p.error(f"--section takes lower-case words (a-z, 0-9, _ and -). Received: --section={args.section!r}")
-    for flag in ("batch", "infer_batch", "rounds", "num_classes", "torch_threads"):
+    for flag in ("train_batch_size", "infer_batch_size", "rounds", "num_classes", "torch_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag} must be >= 1. Received: --{flag}={getattr(args, flag)}")
 

@@ -20,7 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:  # run as a script: make `keras_seg` importable
+if _REPO not in sys.path:  # run as a script: make `benchmarks` and `keras_seg` importable
     sys.path.insert(0, _REPO)
 
 import numpy as np  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
                 traces[name] = _baseline(model, ds)
             times[name].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
-    from keras_seg.benchmark.report import script_section  # pylint: disable=import-outside-toplevel
+    from benchmarks.report import script_section  # pylint: disable=import-outside-toplevel
 
     base = best["baseline (tf.function)"]
     script_section(

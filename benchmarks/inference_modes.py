@@ -27,7 +27,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:  # run as a script: make `keras_seg` importable
+if _REPO not in sys.path:  # run as a script: make `benchmarks` and `keras_seg` importable
     sys.path.insert(0, _REPO)
 
 import numpy as np  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
             if real:
                 miou[name] = scores_from_confusion_matrix(cm)["mean_iu"]
 
-    from keras_seg.benchmark.report import script_section  # pylint: disable=import-outside-toplevel
+    from benchmarks.report import script_section  # pylint: disable=import-outside-toplevel
 
     best = {k: min(v) / len(examples) * 1000 for k, v in seconds.items()}
     rows = []

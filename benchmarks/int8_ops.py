@@ -13,7 +13,7 @@ calibrated on ``--calibration`` random images, as the benchmark does), then
 * time both under LiteRT with XNNPACK on ``--threads`` threads (default: every usable CPU),
   alternately, ``--rounds`` invocations each; the best invocation counts, which other load
   on the machine disturbs least;
-* list the int8 model's nodes that XNNPACK does not run (:mod:`keras_seg.benchmark.litert_ops`)
+* list the int8 model's nodes that XNNPACK does not run (:mod:`benchmarks.litert_ops`)
   and time each alone on the values it sees in the model: its share is that time over the
   whole int8 invocation.
 
@@ -36,10 +36,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:  # run as a script: make `keras_seg` importable
+if _REPO not in sys.path:  # run as a script: make `benchmarks` and `keras_seg` importable
     sys.path.insert(0, _REPO)
 
-from keras_seg.benchmark import litert_ops, report, timing  # noqa: E402
+from benchmarks import litert_ops, report, timing  # noqa: E402
 
 NUM_CLASSES = 21
 #: --detail lists int8 op types costing at least this fraction of the int8 invocation more than in fp32.
@@ -193,7 +193,7 @@ def main(argv=None) -> str:
         "converted as `keras_seg.export` converts (int8 calibrated on random images). LiteRT with "
         f"XNNPACK on {args.threads} thread(s); ms is the best of {args.rounds} alternating invocations; "
         "int8/fp32 speed is fp32 ms / int8 ms (above 1: int8 is faster). Each undelegated node "
-        "is timed alone on the values it sees in the model (`keras_seg.benchmark.litert_ops`); "
+        "is timed alone on the values it sees in the model (`benchmarks.litert_ops`); "
         "its share is that time over the int8 invocation.",
         "",
         table,

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 def define_output_flags() -> None:
-    """``--out_dir`` (alias ``--out``), ``--workers``, ``--shard_mb`` and ``--overwrite``, as in data_prep.folder."""
+    """``--out_dir`` (alias ``--out``), ``--workers``, ``--shard_mb`` and ``--overwrite``: every converter's output flags."""
     flags.DEFINE_string("out_dir", None, "Output directory for the shards and manifest.json.")
     flags.DEFINE_alias("out", "out_dir")  # the older spelling
     flags.DEFINE_integer("workers", None, "Parallel writer processes (default: all cores).")

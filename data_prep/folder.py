@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
+from data_prep.cli import define_output_flags
 from data_prep.images import DataError, read_image, read_index_mask
 from data_prep.writer import (
     ConversionError,
@@ -156,17 +157,13 @@ def define_flags() -> None:
     """Command-line flags of ``python -m data_prep.folder``."""
     flags.DEFINE_string("images", None, "Folder of PNG/JPEG images (or train/val/test subfolders).")
     flags.DEFINE_string("masks", None, "Folder of index-mask PNGs paired by stem.")
-    flags.DEFINE_string("out_dir", None, "Output directory for shards and manifest.json.")
-    flags.DEFINE_alias("out", "out_dir")  # the older spelling
+    define_output_flags()  # --out_dir (--out), --workers, --shard_mb, --overwrite
     flags.DEFINE_list("class_names", None, "Comma-separated class names; their count is num_classes.")
     flags.DEFINE_integer("ignore_label", 255, "Mask value that marks pixels left out of loss and metrics.")
     flags.DEFINE_string("name", "folder", "Dataset name recorded in the manifest.")
     flags.DEFINE_string("mask_suffix", "", "Mask stem suffix, e.g. '_mask' for abc_mask.png.")
     flags.DEFINE_float("val_fraction", 0.1, "Share of examples for val when there are no split folders.")
     flags.DEFINE_float("test_fraction", 0.0, "Share of examples for test when there are no split folders.")
-    flags.DEFINE_integer("workers", None, "Parallel writer processes (default: all cores).")
-    flags.DEFINE_float("shard_mb", 64, "Approximate maximum shard size in MiB.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
     flags.DEFINE_bool("palette_masks", False, "Read palette (mode P) masks as their palette indices.")
     flags.DEFINE_bool("border_weights", False, "Store U-Net border-weight maps (w0=10, sigma=5 px).")
     flags.DEFINE_integer("background_class", 0, "Class between objects, for --border_weights.")

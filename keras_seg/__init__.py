@@ -54,7 +54,7 @@ def build_model(name: str, num_classes: int, input_shape=(None, None, 3), weight
     spec = get_spec(name)
     check_options(name, options)
     if weights is None or str(weights).endswith(".h5") or os.sep in str(weights):
-        return spec.builder(num_classes, input_shape=tuple(input_shape), weights=weights, **options)
+        return spec.build(num_classes, input_shape, weights=weights, **options)
     from keras_seg import pretrained  # pylint: disable=import-outside-toplevel
 
     entry = pretrained.resolve(name, weights)
@@ -67,7 +67,7 @@ def build_model(name: str, num_classes: int, input_shape=(None, None, 3), weight
     if differ:
         raise ValueError(f"the shipped weights {entry!r} were trained with options {info['model_options']} "
                          f"(defaults otherwise); these differ: {differ}. Received: {options}")
-    model = spec.builder(num_classes, input_shape=tuple(input_shape), **dict(info["model_options"], **options))
+    model = spec.build(num_classes, input_shape, **dict(info["model_options"], **options))
     pretrained.load_weights_into(model, entry)
     return model
 

@@ -180,7 +180,7 @@ def build_full_model(model_config: Dict[str, Any], input_shape=(None, None, 3),
     if spec.aux_weights:
         options["aux_outputs"] = True  # the training graph: same variables, outputs[0] = logits
     with precision_scope(mixed_precision):
-        return spec.builder(model_config["num_classes"], input_shape=tuple(input_shape), **options)
+        return spec.build(model_config["num_classes"], input_shape, **options)
 
 
 def logits_only(model: keras.Model) -> keras.Model:
@@ -217,7 +217,7 @@ def inference_model(full: keras.Model, model_config: Dict[str, Any], input_shape
     if "aux_outputs" in spec.option_names():
         options["aux_outputs"] = False
     with precision_scope(mixed_precision):
-        model = spec.builder(model_config["num_classes"], input_shape=tuple(input_shape), **options)
+        model = spec.build(model_config["num_classes"], input_shape, **options)
     for layer in model.layers:
         values = layer.get_weights()
         if not values:

@@ -8,11 +8,13 @@
     keras-seg evaluate --model_dir=runs/x --split=test          # keras_seg.evaluate
     keras-seg predict --pretrained=enet_camvid --out=p a.png    # keras_seg.predict
     keras-seg export --model_dir=runs/x --out=export            # keras_seg.export
-    keras-seg benchmark --help                                  # keras_seg.benchmark
+    keras-seg benchmark --help                                  # benchmarks (checkout only)
     keras-seg models [NAME]                                     # models, options, weights
 
 A subcommand runs its module exactly as ``python -m <module>`` does, with the same flags
-(``keras-seg <command> --help`` lists them), so both spellings stay equivalent.
+(``keras-seg <command> --help`` lists them), so both spellings stay equivalent. ``benchmark``
+runs the repository's ``benchmarks/`` suite (``python -m benchmarks``) through the forwarder
+:mod:`keras_seg.benchmark`; the benchmarks ship with the source repository, not the package.
 
 Flagfiles: a relative ``--flagfile`` path inside a flagfile is looked up next to the file
 that names it first, then in the working directory (where this repository's configs keep
@@ -35,7 +37,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "predict": ("keras_seg.predict", "label images with a model_dir, shipped weights or a .tflite file"),
     "export": ("keras_seg.export", "write a SavedModel and TFLite models with a parity report"),
     "verify": ("data_prep.verify", "check a converted dataset: every record decodes, labels in range"),
-    "benchmark": ("keras_seg.benchmark", "time models and the training pipeline (benchmarks/RESULTS.md)"),
+    "benchmark": ("keras_seg.benchmark", "time models and the input pipeline (a source checkout's benchmarks/)"),
     "plot": ("keras_seg.plot", "draw learning curves (loss, learning rate, val mIoU) of training runs"),
     "package": ("keras_seg.pretrained", "package a trained run as shipped weights (the model zoo's last step)"),
 }
@@ -134,6 +136,11 @@ def describe_models(names: Sequence[str] = ()) -> str:
         options = ", ".join(f"{k}={defaults[k]!r}" for k in spec.option_names()
                             if k in defaults and k not in ("weights", "name", "aux_outputs"))
         lines.append(f"  options: {options}")
+        if "backbone" in defaults:
+            from keras_seg.models.backbones import get_backbone, list_backbones  # pylint: disable=import-outside-toplevel
+
+            family = get_backbone(defaults["backbone"]).family
+            lines.append(f"  backbone: one of {', '.join(list_backbones(family))}")
         if spec.aux_weights:
             lines.append(f"  auxiliary outputs (loss weight): {dict(spec.aux_weights)}")
         if spec.inference_options:

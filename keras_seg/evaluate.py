@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 
-FLAGS = flags.FLAGS
 
 
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
@@ -47,11 +44,8 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     prediction | errors (``-sheet.png``).
     """
     from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import load_manifest  # pylint: disable=import-outside-toplevel
-    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
-    from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
-    from keras_seg.training import evaluate, format_iou_table, scores_to_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import evaluate, scores_to_json  # pylint: disable=import-outside-toplevel
 
     from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
 
@@ -63,12 +57,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     model, config, path = load_trained_model(model_dir, checkpoint, mixed_precision=mixed_precision,
                                              inference_options=inference_options)
     data_dir = data_dir or config["data_dir"]
-    manifest = load_manifest(data_dir)
-    if manifest["num_classes"] != config["num_classes"]:
-        raise ValueError(
-            f"{data_dir} has num_classes={manifest['num_classes']} but the model was trained with "
-            f"{config['num_classes']}. Pass the --data_dir the model was trained for."
-        )
+    manifest = _checked_manifest(data_dir, config)
     ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False,
                                  preprocessing=model_preprocessing(config)))
     log(f"Evaluating {path} on {data_dir} split {split!r}"
@@ -82,19 +71,41 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
                    "inference_options": dict(inference_options or {})})
     options_tag = "".join(f"-{k}_{v}" for k, v in sorted((inference_options or {}).items()))
     out = out or ModelDir(model_dir).evaluate_json(split, step, inference.tag() + options_tag)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    atomic_write_json(out, record)
-    log(format_iou_table(scores, manifest["class_names"]))
-    const_class, const = best_constant_prediction(scores["confusion_matrix"])
-    record["constant_baseline"] = {"class": manifest["class_names"][const_class], "mean_iu": const["mean_iu"],
-                                   "acc": const["acc"]}
-    atomic_write_json(out, record)
-    log(f"best constant prediction (always {manifest['class_names'][const_class]!r}): "
-        f"mean_iu {const['mean_iu']:.4f}  acc {const['acc']:.4f}")
-    log(f"wrote {out}")
+    _write_record(out, record, scores, manifest["class_names"], log)
     if pictures:
         write_pictures(model, config, data_dir, split, scores, out, inference, sheet_images, log)
     return scores, record
+
+
+def _checked_manifest(data_dir: str, config):
+    """The manifest of ``data_dir``, refused when its classes are not the model's."""
+    from keras_seg.data.manifest import load_manifest  # pylint: disable=import-outside-toplevel
+
+    manifest = load_manifest(data_dir)
+    if manifest["num_classes"] != config["num_classes"]:
+        raise ValueError(
+            f"{data_dir} has num_classes={manifest['num_classes']} but the model was trained with "
+            f"{config['num_classes']}. Pass the --data_dir the model was trained for."
+        )
+    return manifest
+
+
+def _write_record(out: str, record, scores, class_names, log=print) -> None:
+    """Writes ``record`` to ``out``, prints the IoU table, then adds the best constant prediction."""
+    from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.metrics import best_constant_prediction  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import format_iou_table  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    atomic_write_json(out, record)
+    log(format_iou_table(scores, class_names))
+    const_class, const = best_constant_prediction(scores["confusion_matrix"])
+    record["constant_baseline"] = {"class": class_names[const_class], "mean_iu": const["mean_iu"],
+                                   "acc": const["acc"]}
+    atomic_write_json(out, record)
+    log(f"best constant prediction (always {class_names[const_class]!r}): "
+        f"mean_iu {const['mean_iu']:.4f}  acc {const['acc']:.4f}")
+    log(f"wrote {out}")
 
 
 def write_pictures(model, config, data_dir: str, split: str, scores, out_json: str, inference,
@@ -127,47 +138,7 @@ def write_pictures(model, config, data_dir: str, split: str, scores, out_json: s
     log(f"wrote {', '.join(paths)}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
-    from keras_seg.registry import parse_inference_options  # pylint: disable=import-outside-toplevel
-
-    from keras_seg.inference import inference_from_flags  # pylint: disable=import-outside-toplevel
-
-    try:
-        run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.output,
-            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
-            inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images,
-            inference_options=parse_inference_options(FLAGS.inference_options))
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    flags.DEFINE_string("model_dir", None, "Training directory (holds model_config.json and ckpt/).")
-    flags.DEFINE_string("split", "val", "Split to evaluate.")
-    flags.DEFINE_string("data_dir", None, "Dataset directory (default: the one the model trained on).")
-    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
-    flags.DEFINE_integer("batch_size", 1, "Images per batch; a batch only ever holds images of one size (never padded), so every batch size gives the scores of batch 1.")
-    flags.DEFINE_string("output", None, "JSON output path (default: model_dir/eval/evaluate-<split>-<step><mode>.json).")
-    flags.DEFINE_alias("out", "output")  # the older spelling
-    flags.DEFINE_bool("jit_compile", False, "Run the forward pass under XLA (compiled once per image size; "
-                      "benchmarks/RESULTS.md compares it with plain tf.function).")
-    from keras_seg.precision import HELP, PRECISIONS  # pylint: disable=import-outside-toplevel
+    from keras_seg.commands.evaluate import run_command  # pylint: disable=import-outside-toplevel
 
-    flags.DEFINE_enum("mixed_precision", "float32", PRECISIONS,
-                      HELP + " Of the forward pass, whatever the run was trained under (default float32).")
-    from keras_seg.inference import define_inference_flags  # pylint: disable=import-outside-toplevel
-
-    define_inference_flags()
-    flags.DEFINE_bool("pictures", True, "Write the confusion-matrix, per-class IoU and image-sheet PNGs next to the JSON (needs matplotlib).")
-    from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
-
-    flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
-    flags.DEFINE_integer("sheet_images", 4, "Images in the image sheet (0: no sheet).", lower_bound=0)
-    flags.mark_flag_as_required("model_dir")
-    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
-
-    app.run(main, argv=flagfile_argv())
+    run_command()

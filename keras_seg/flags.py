@@ -1,10 +1,12 @@
-"""Command-line flags of ``python -m keras_seg.train``, generated from :class:`TrainConfig`.
+"""Command-line flags, generated from option declarations: the flag layer of every command.
 
 Every training option is declared once, as a field of :class:`keras_seg.options.TrainConfig`
 with its help, kind, parser and bounds; :func:`define_flags`, :func:`config_from_flags`,
 :func:`flags_to_text` (``model_dir/flags.txt``) and :data:`TRAIN_FLAGS` all come from those
-declarations. Only ``train.py``'s ``__main__`` (and the realsize benchmark) define the flags,
-and nothing below reads ``FLAGS``.
+declarations. The same functions serve ``ExportConfig`` and the benchmarks' ``BenchSpec``.
+:func:`define_inference_flags` / :func:`inference_from_flags` give evaluate and predict their
+``--mode --window --stride --scales --flip``. Only the commands' ``main`` functions define
+flags, and library code below them takes config objects, never ``FLAGS``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 
 from absl import flags
 
+from keras_seg import inference
 from keras_seg.options import (  # noqa: F401  (re-exported: the names callers use)
     CLUSTERS,
     OPTIMIZERS,
@@ -61,3 +64,21 @@ def config_from_flags(f, config_class=TrainConfig):
 def flags_to_text(f, config_class=TrainConfig) -> str:
     """The resolved training flags as a flagfile, for ``model_dir/flags.txt``."""
     return to_flag_lines(config_class, {flag: getattr(f, flag) for _, flag in options_of(config_class)})
+
+
+def define_inference_flags() -> None:
+    """``--mode --window --stride --scales --flip`` of evaluate and predict."""
+    flags.DEFINE_enum("mode", "whole", inference.MODES, "whole: one pass over the image; slide: windows of --window every "
+                      "--stride, overlapping probabilities averaged.")
+    flags.DEFINE_list("window", [], "--mode=slide: window H,W.")
+    flags.DEFINE_list("stride", [], "--mode=slide: stride H,W (default: two thirds of the window).")
+    flags.DEFINE_list("scales", ["1"], "Average the probabilities over these resize factors, e.g. 0.5,0.75,1,1.25,1.5,1.75.")
+    flags.DEFINE_bool("flip", False, "Also average over the horizontally mirrored image.")
+
+
+def inference_from_flags(f) -> "inference.InferenceConfig":
+    """The validated :class:`InferenceConfig` of parsed flags."""
+    return inference.InferenceConfig(
+        mode=f.mode, window=inference.parse_pair(f.window, "window"), stride=inference.parse_pair(f.stride, "stride"),
+        scales=inference.parse_scales(f.scales), flip=f.flip,
+    ).validate()

@@ -108,24 +108,6 @@ def parse_scales(values: Optional[Sequence[str]]) -> Tuple[float, ...]:
         raise ValueError(f"--scales must be comma-separated numbers. Received: scales={','.join(values)!r}") from e
 
 
-def define_inference_flags() -> None:
-    """``--mode --window --stride --scales --flip`` of evaluate and predict."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
-    flags.DEFINE_enum("mode", "whole", MODES, "whole: one pass over the image; slide: windows of --window every "
-                      "--stride, overlapping probabilities averaged.")
-    flags.DEFINE_list("window", [], "--mode=slide: window H,W.")
-    flags.DEFINE_list("stride", [], "--mode=slide: stride H,W (default: two thirds of the window).")
-    flags.DEFINE_list("scales", ["1"], "Average the probabilities over these resize factors, e.g. 0.5,0.75,1,1.25,1.5,1.75.")
-    flags.DEFINE_bool("flip", False, "Also average over the horizontally mirrored image.")
-
-
-def inference_from_flags(f) -> InferenceConfig:
-    """The validated :class:`InferenceConfig` of parsed flags."""
-    return InferenceConfig(mode=f.mode, window=parse_pair(f.window, "window"), stride=parse_pair(f.stride, "stride"),
-                           scales=parse_scales(f.scales), flip=f.flip).validate()
-
-
 def make_probabilities(model) -> Callable[[tf.Tensor], tf.Tensor]:
     """``probs(x)``: the softmax of the model's logits (its first output), traced once per
     input rank and dtype, not per image size (``reduce_retracing``)."""

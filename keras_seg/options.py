@@ -1,10 +1,10 @@
 """Options declared once: dataclass fields that carry their flag, help, parser and bounds.
 
 A config class (:class:`TrainConfig`) declares each option with :func:`option`; from those
-declarations alone come the command-line flags (:mod:`keras_seg.flags`, the only module
-that imports absl), the config built from parsed flags, ``model_dir/flags.txt`` and the
-validation with its error messages. Library code takes the config objects; only the flag
-layer imports absl.
+declarations alone come the command-line flags (:mod:`keras_seg.flags`), the config built
+from parsed flags, ``model_dir/flags.txt`` and the validation with its error messages.
+Library code takes the config objects; only the flag layer (:mod:`keras_seg.flags`, the
+commands' entry points) reads flags.
 """
 
 from __future__ import annotations

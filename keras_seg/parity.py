@@ -83,6 +83,26 @@ def compare(keras_predict: Predictor, exported: Mapping[str, Predictor],
     """
     if not examples:
         raise ValueError("no examples to compare: the parity split is empty.")
+    keras_cm, cms, agree, max_diff, pixels = _accumulate(keras_predict, exported, examples, num_classes,
+                                                         ignore_label)
+    keras_scores = scores_from_confusion_matrix(keras_cm.confusion_matrix())
+    report: Dict[str, Any] = {
+        "num_images": len(examples),
+        "num_pixels": int(pixels),
+        "keras": {"mean_iu": _f(keras_scores["mean_iu"]),
+                  "iu": {c: _f(v) for c, v in zip(class_names, keras_scores["iu"])}},
+        "formats": {},
+    }
+    for name in exported:
+        report["formats"][name] = _format_report(cms[name], agree[name], max_diff[name], keras_scores, class_names)
+    return report
+
+
+def _accumulate(keras_predict: Predictor, exported: Mapping[str, Predictor],
+                examples: Sequence[Tuple[np.ndarray, np.ndarray]], num_classes: int, ignore_label: int):
+    """Runs every predictor over ``examples``; returns ``(keras_cm, cms, agree, max_diff, pixels)``:
+    Keras's confusion metric; by export name, its confusion metric, its ``(C, C)`` agreement
+    with Keras and its largest probability difference; and the number of pixels compared."""
     keras_cm = StreamingConfusionMatrixMetric(num_classes, ignore_label)
     cms = {name: StreamingConfusionMatrixMetric(num_classes, ignore_label) for name in exported}
     agree = {name: np.zeros((num_classes, num_classes), np.int64) for name in exported}
@@ -102,37 +122,31 @@ def compare(keras_predict: Predictor, exported: Mapping[str, Predictor],
             cms[name].update_state(label[None], ids[None])
             agree[name] += _agreement_matrix(ref_ids, ids, num_classes)
             max_diff[name] = max(max_diff[name], float(np.abs(probs - ref).max()))
+    return keras_cm, cms, agree, max_diff, pixels
 
-    keras_scores = scores_from_confusion_matrix(keras_cm.confusion_matrix())
-    report: Dict[str, Any] = {
-        "num_images": len(examples),
-        "num_pixels": int(pixels),
-        "keras": {"mean_iu": _f(keras_scores["mean_iu"]),
-                  "iu": {c: _f(v) for c, v in zip(class_names, keras_scores["iu"])}},
-        "formats": {},
-    }
-    for name in exported:
-        scores = scores_from_confusion_matrix(cms[name].confusion_matrix())
-        a = agree[name]
-        rows = a.sum(axis=1)
-        per_class = {}
-        for c, cname in enumerate(class_names):
-            ik, ie = keras_scores["iu"][c], scores["iu"][c]
-            per_class[cname] = {
-                "keras_pixels": int(rows[c]),
-                "agreement": _f(100.0 * a[c, c] / rows[c]) if rows[c] else None,
-                "iou_keras": _f(ik),
-                "iou_exported": _f(ie),
-                "iou_drop": _f(ik - ie),
-            }
-        report["formats"][name] = {
-            "mean_iu": _f(scores["mean_iu"]),
-            "iu": {c: _f(v) for c, v in zip(class_names, scores["iu"])},
-            "agreement": 100.0 * float(np.trace(a)) / float(a.sum()),
-            "max_abs_prob_diff": max_diff[name],
-            "per_class": per_class,
+
+def _format_report(cm: StreamingConfusionMatrixMetric, a: np.ndarray, max_diff: float, keras_scores: Dict[str, Any],
+                   class_names: Sequence[str]) -> Dict[str, Any]:
+    """One export's entry of the report, from its confusion ``cm`` and agreement matrix ``a`` with Keras."""
+    scores = scores_from_confusion_matrix(cm.confusion_matrix())
+    rows = a.sum(axis=1)
+    per_class = {}
+    for c, cname in enumerate(class_names):
+        ik, ie = keras_scores["iu"][c], scores["iu"][c]
+        per_class[cname] = {
+            "keras_pixels": int(rows[c]),
+            "agreement": _f(100.0 * a[c, c] / rows[c]) if rows[c] else None,
+            "iou_keras": _f(ik),
+            "iou_exported": _f(ie),
+            "iou_drop": _f(ik - ie),
         }
-    return report
+    return {
+        "mean_iu": _f(scores["mean_iu"]),
+        "iu": {c: _f(v) for c, v in zip(class_names, scores["iu"])},
+        "agreement": 100.0 * float(np.trace(a)) / float(a.sum()),
+        "max_abs_prob_diff": max_diff,
+        "per_class": per_class,
+    }
 
 
 def worst_classes(per_class: Mapping[str, Mapping[str, Any]], k: int = 3) -> List[Tuple[str, Mapping[str, Any]]]:

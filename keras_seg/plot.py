@@ -28,9 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
 
-FLAGS = flags.FLAGS
 Series = Dict[str, List[Tuple[int, float, float]]]  # tag -> [(step, wall_time, value)]
 
 
@@ -227,27 +225,7 @@ def plot(data: Dict[str, object], path: str, title: str = "") -> None:
     _save(fig, path)
 
 
-def main(argv):
-    del argv
-    try:
-        data = curves(FLAGS.model_dir)
-        out = FLAGS.output or os.path.join(FLAGS.model_dir, "curves.png")
-        plot(data, out, FLAGS.title or os.path.basename(os.path.normpath(FLAGS.model_dir)))
-        print(f"wrote {out}")
-        if FLAGS.csv:
-            write_csv(data, FLAGS.csv)
-            print(f"wrote {FLAGS.csv}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    flags.DEFINE_string("model_dir", None, "Training directory (its train/ and eval/ TensorBoard files).", required=True)
-    flags.DEFINE_string("output", None, "PNG path (default: <model_dir>/curves.png).")
-    flags.DEFINE_alias("out", "output")  # the older spelling
-    flags.DEFINE_string("csv", None, "Also write the eval curve as step,hours,mean_iu CSV here.")
-    flags.DEFINE_string("title", None, "Figure title (default: the model_dir's name).")
-    from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel
+    from keras_seg.commands.plot import run_command  # pylint: disable=import-outside-toplevel
 
-    app.run(main, argv=flagfile_argv())
+    run_command()

@@ -12,7 +12,10 @@ import inspect
 import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["ModelSpec", "register", "get_builder", "get_spec", "list_models", "tiny_options", "parse_inference_options"]
+__all__ = [
+    "ModelSpec", "register", "variant", "get_builder", "get_spec", "list_models", "tiny_options",
+    "parse_inference_options",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,17 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r} has auxiliary outputs {unknown} with no loss weight; "
                              f"the registry declares {dict(self.aux_weights)}")
         return [float(self.aux_weights[n]) for n in output_names[1:]]
+
+    def build(self, num_classes: int, input_shape=(None, None, 3), **options: Any):
+        """Builds the model after checking ``options`` against the builder's: the one build path
+        of :func:`keras_seg.build_model`, checkpoints, shipped weights and export.
+
+        Raises:
+          ValueError: an option the builder does not take (the message lists the accepted
+            ones), or an invalid value (from the builder).
+        """
+        check_options(self.name, options)
+        return self.builder(num_classes, input_shape=tuple(input_shape), **options)
 
     def defaults(self) -> Dict[str, Any]:
         """Default value of each keyword option of the builder."""
@@ -117,6 +131,55 @@ def register(
         return fn
 
     return decorator
+
+
+def variant(base: Callable[..., Any], key: str, doc: str, /, *, fixed: Optional[Mapping[str, Any]] = None,
+            **defaults: Any) -> Callable[..., Any]:
+    """A model variant declared as data: ``base`` with options ``fixed`` and other ``defaults``.
+
+    FCN-32s/16s/8s are one builder at three strides, FC-DenseNet56/67/103 one builder at three
+    depths: each variant is a row (fixed options, defaults) rather than a copied signature.
+    The returned builder's signature is ``base``'s without the ``fixed`` options and with
+    the new defaults, so the registry's option checks, ``keras-seg models`` and ``help()``
+    see exactly what the variant accepts.
+
+    Args:
+      base: the general builder ``(num_classes, input_shape=..., *, **options)``.
+      key: the variant's registry name; the builder is called ``build_<key>``, and its model
+        ``name`` defaults to ``key``.
+      doc: first paragraph of the variant's docstring; the options section is generated.
+      fixed: options the variant pins; callers cannot pass them.
+      **defaults: options whose default the variant changes.
+
+    Raises:
+      ValueError: ``fixed`` or ``defaults`` names an option ``base`` does not take.
+    """
+    fixed = dict(fixed or {})
+    sig = inspect.signature(base)
+    if "name" in sig.parameters and "name" not in fixed:
+        defaults.setdefault("name", key)
+    unknown = sorted((set(fixed) | set(defaults)) - set(sig.parameters))
+    if unknown:
+        raise ValueError(f"variant {key!r}: {base.__name__} has no option(s) {unknown}")
+    params = [p.replace(default=defaults[p.name]) if p.name in defaults else p
+              for p in sig.parameters.values() if p.name not in fixed]
+    signature = sig.replace(parameters=params)
+
+    def builder(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return base(*bound.args, **bound.kwargs, **fixed)
+
+    pinned = ", ".join(f"``{k}={v!r}``" for k, v in fixed.items())
+    changed = ", ".join(f"``{k}={v!r}``" for k, v in defaults.items())
+    builder.__signature__ = signature
+    builder.__name__ = builder.__qualname__ = f"build_{key}"
+    builder.__module__ = base.__module__
+    builder.__doc__ = (f"{doc}\n\n    A variant of :func:`{base.__module__}.{base.__name__}` (see it for every option, "
+                       f"the returned model and the errors)"
+                       + (f", with {pinned} fixed" if pinned else "")
+                       + (f" and the defaults {changed}" if changed else "") + ".\n    ")
+    return builder
 
 
 def _ensure_loaded() -> None:

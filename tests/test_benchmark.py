@@ -1,19 +1,23 @@
-"""keras_seg.benchmark: FLOP counts against hand arithmetic, the results file's sections, the
-tables' arithmetic, and one end-to-end run of the command on a tiny model. No timings are
-asserted: only that every measurement is present and well formed."""
+"""benchmarks (``python -m benchmarks``, ``keras-seg benchmark``): FLOP counts against hand arithmetic,
+the results file's sections, the tables' arithmetic, the flags, and one end-to-end run of the command
+on a tiny model. No timings are asserted: only that every measurement is present and well formed."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from absl import flags
 
 import keras_seg
-from keras_seg.benchmark import flops, report, tables, timing
-from keras_seg.benchmark.model_bench import BenchSpec
+from benchmarks import flops, report, tables, timing
+from benchmarks.model_bench import BenchSpec
+from keras_seg import benchmark as forwarder
+from keras_seg import flags as ks_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,20 +95,42 @@ def test_markdown_table_checks_its_rows():
 
 
 def test_bench_spec_validation():
-    with pytest.raises(ValueError, match="train_batch must be an integer >= 1"):
-        BenchSpec("unet", train_batch=0).validate()
+    with pytest.raises(ValueError, match="--train_batch_size must be an integer >= 1. Received: train_batch_size=0"):
+        BenchSpec("unet", train_batch_size=0).validate()
+    with pytest.raises(ValueError, match="height must be an integer >= 1"):
+        BenchSpec("unet", height=0).validate()
     with pytest.raises(ValueError, match=r"unknown phases to skip \['nope'\]"):
         BenchSpec("unet", skip=["nope"]).validate()
 
 
-def _run(args, **kw):
+def test_bench_spec_flags_keep_the_old_batch_names():
+    fv = flags.FlagValues()
+    ks_flags.define_flags(BenchSpec, flag_values=fv)
+    fv(["bench", "--train_batch=4", "--infer_batch=3", "--skip=xla,tflite", "--tiny"])
+    spec = ks_flags.config_from_flags(fv, BenchSpec)
+    assert (spec.train_batch_size, spec.infer_batch_size, spec.skip, spec.tiny) == (4, 3, ["xla", "tflite"], True)
+    assert spec.model == "" and spec.num_classes == 21  # the suite sets the model; the rest are the defaults
+
+
+def test_forwarder_without_a_checkout_says_where_the_benchmarks_are(tmp_path, monkeypatch, capsys):
+    assert forwarder.checkout_root() == pathlib.Path(REPO).resolve()
+    monkeypatch.setattr(forwarder, "__file__", str(tmp_path / "site-packages" / "keras_seg" / "benchmark.py"))
+    assert forwarder.checkout_root() is None
+    with pytest.raises(SystemExit) as exit_info:
+        forwarder.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "ship with the keras_seg source repository" in err and "python -m benchmarks" in err
+
+
+def _run(args, module="keras_seg.benchmark", **kw):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "keras_seg.benchmark", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=600, **kw)
 
 
 def test_command_refuses_bad_options(tmp_path):
-    r = _run(["--models=unet,nope", "--results", str(tmp_path / "R.md")])
+    r = _run(["--models=unet,nope", "--results", str(tmp_path / "R.md")], module="benchmarks")  # no forwarder
     assert r.returncode == 1 and "--models: unknown ['nope']" in r.stderr
     r = _run(["--size=10", "--results", str(tmp_path / "R.md")])
     assert r.returncode == 1 and "--size must be two integers" in r.stderr
@@ -165,6 +191,10 @@ def test_resume_reuses_only_complete_results_measured_the_same_way():
     assert not reuse and "killed" in why
     reuse, why = report.resume_decision(dict(done, spec=dict(spec, iters=5)), spec)
     assert not reuse and why == "the earlier run used other settings"
+    # Results written before the --batch_size names: the same settings under the old keys.
+    old = dict(done, spec=dict(spec, train_batch=2, infer_batch=1))
+    assert report.resume_decision(old, dict(spec, train_batch_size=2, infer_batch_size=1)) == (True, "")
+    assert report.resume_decision(old, dict(spec, train_batch_size=4, infer_batch_size=1))[0] is False
 
 
 def test_learning_rates_are_listed_per_model_where_they_differ():

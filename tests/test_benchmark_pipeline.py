@@ -1,4 +1,5 @@
-"""keras_seg.benchmark.pipeline: synthetic CamVid data, the NumPy generator's semantics, bad arguments.
+"""benchmarks.pipeline (with pipeline_data, pipeline_numpy and pipeline_sections): synthetic CamVid
+data, the NumPy generator's semantics, bad arguments, the sections.
 
 No timing assertions: throughput depends on the machine.
 """
@@ -10,8 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_seg.benchmark import pipeline as bp
+from benchmarks import pipeline as bp
+from benchmarks import pipeline_data, pipeline_numpy, pipeline_sections
 from keras_seg.data import DataConfig, make_dataset, normalize_image
+from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import load_manifest
 from keras_seg.data.preprocess import MEAN_RGB, STD_RGB
 
@@ -21,7 +24,7 @@ CROP = (64, 96)  # small crops keep the test fast; the semantics are the same at
 @pytest.fixture(scope="module")
 def camvid_like(tmp_path_factory):
     root = tmp_path_factory.mktemp("camvid_like")
-    return bp.make_camvid_like(str(root), 3, seed=1, workers=1)
+    return pipeline_data.make_camvid_like(str(root), 3, seed=1, workers=1)
 
 
 def test_make_camvid_like_writes_counts_manifest_and_valid_labels(camvid_like):
@@ -31,7 +34,7 @@ def test_make_camvid_like_writes_counts_manifest_and_valid_labels(camvid_like):
     assert len(images) == 3 and images == masks
     manifest = load_manifest(tfr_dir)
     assert manifest["num_classes"] == 11 and manifest["ignore_label"] == 11
-    assert manifest["class_names"] == list(bp.CAMVID_CLASSES)
+    assert manifest["class_names"] == list(pipeline_data.CAMVID_CLASSES)
     assert list(manifest["splits"]) == ["train"] and manifest["splits"]["train"]["num_examples"] == 3
     seen = set()
     for name in images:
@@ -44,17 +47,17 @@ def test_make_camvid_like_writes_counts_manifest_and_valid_labels(camvid_like):
 
 
 def test_make_camvid_like_is_deterministic(tmp_path):
-    a = bp.synth_street_scene(np.random.default_rng(5))
-    b = bp.synth_street_scene(np.random.default_rng(5))
+    a = pipeline_data.synth_street_scene(np.random.default_rng(5))
+    b = pipeline_data.synth_street_scene(np.random.default_rng(5))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
 
 
 def test_generator_batches_match_the_tfdata_pipeline(camvid_like):
     raw_dir, tfr_dir = camvid_like
-    cfg = DataConfig(tfr_dir, "train", batch_size=2, training=True, augment=bp.camvid_augment(11, CROP))
+    cfg = DataConfig(tfr_dir, "train", batch_size=2, training=True, augment=pipeline_data.camvid_augment(11, CROP))
     want = next(iter(make_dataset(cfg)))
-    gen = bp.camvid_generator(raw_dir, 2, crop_size=CROP, seed=0)
+    gen = pipeline_numpy.camvid_generator(raw_dir, 2, crop_size=CROP, seed=0)
     low = min((0 - m) / s for m, s in zip(MEAN_RGB, STD_RGB))
     high = max((1 - m) / s for m, s in zip(MEAN_RGB, STD_RGB))
     for _ in range(2):  # crosses an epoch boundary: 3 images, batches of 2
@@ -72,8 +75,8 @@ def test_generator_batches_match_the_tfdata_pipeline(camvid_like):
 def test_numpy_normalisation_equals_normalize_image():
     v = np.arange(256)
     x = np.stack([v, v[::-1], (7 * v) % 256], -1).reshape(16, 16, 3).astype(np.uint8)  # every value, each channel
-    np.testing.assert_array_equal(bp.normalize_image_np(x), normalize_image(x).numpy())  # same float32 ops
-    assert bp.normalize_image_np(x).dtype == np.float32
+    np.testing.assert_array_equal(pipeline_numpy.normalize_image_np(x), normalize_image(x).numpy())  # same float32 ops
+    assert pipeline_numpy.normalize_image_np(x).dtype == np.float32
 
 
 @pytest.mark.parametrize("factor", [0.75, 1.0, 1.25, 3.0])
@@ -82,15 +85,15 @@ def test_saturation_closed_form_equals_tf(factor):
     x[0, 0] = 0.5  # grey pixel
     x[0, 1] = 0.0  # black pixel
     want = tf.image.adjust_saturation(x, factor).numpy()
-    np.testing.assert_allclose(bp.adjust_saturation_np(x, factor), want, atol=1e-5)
+    np.testing.assert_allclose(pipeline_numpy.adjust_saturation_np(x, factor), want, atol=1e-5)
 
 
 def test_augment_numpy_pads_with_ignore_and_keeps_alignment():
     image = Image.fromarray(np.full((10, 12, 3), 200, np.uint8))
     label = Image.fromarray(np.full((10, 12), 3, np.uint8))
-    cfg = bp.AugmentConfig(crop_size=(16, 20), min_scale=1.0, max_scale=1.0, flip=False, photometric=False,
-                           ignore_label=11)
-    img, lab = bp.augment_numpy(image, label, np.random.default_rng(0), cfg)
+    cfg = AugmentConfig(crop_size=(16, 20), min_scale=1.0, max_scale=1.0, flip=False, photometric=False,
+                        ignore_label=11)
+    img, lab = pipeline_numpy.augment_numpy(image, label, np.random.default_rng(0), cfg)
     assert img.shape == (16, 20, 3) and lab.shape == (16, 20)
     np.testing.assert_array_equal(lab[:10, :12], 3)
     assert (lab[10:] == 11).all() and (lab[:, 12:] == 11).all()
@@ -104,13 +107,13 @@ def test_make_camvid_like_rejects_bad_arguments(tmp_path, kwargs):
     args = dict(root=str(tmp_path), n_train=2, seed=0)
     args.update(kwargs)
     with pytest.raises(ValueError, match="Received"):
-        bp.make_camvid_like(**args)
+        pipeline_data.make_camvid_like(**args)
 
 
 def test_make_camvid_like_refuses_a_used_root(camvid_like):
     raw_dir, _ = camvid_like
     with pytest.raises(ValueError, match="not empty"):
-        bp.make_camvid_like(os.path.dirname(raw_dir), 1)
+        pipeline_data.make_camvid_like(os.path.dirname(raw_dir), 1)
 
 
 def test_throughput_functions_reject_bad_arguments(camvid_like, tmp_path):
@@ -122,7 +125,7 @@ def test_throughput_functions_reject_bad_arguments(camvid_like, tmp_path):
     with pytest.raises(ValueError, match="warmup"):
         bp.generator_throughput(raw_dir, 2, 1, warmup=-1)
     with pytest.raises(ValueError, match="images/train"):
-        bp.camvid_generator(str(tmp_path), 2)  # raises at the call, not at the first batch
+        pipeline_numpy.camvid_generator(str(tmp_path), 2)  # raises at the call, not at the first batch
     with pytest.raises(ValueError, match="block"):
         bp.step_time_real_vs_synthetic(tfr_dir, "enet", 2, block=0)
     with pytest.raises(ValueError, match="unknown variants"):
@@ -134,8 +137,9 @@ def test_throughput_functions_reject_bad_arguments(camvid_like, tmp_path):
 def test_run_pipeline_benchmarks_returns_both_sections(tmp_path, monkeypatch):
     # Real data, tf.data and generator measurements at a tiny size; the training step and the
     # option sweep (tens of seconds) are replaced by canned results.
-    monkeypatch.setattr(bp, "QUICK", bp._Plan(images=2, batch=2, tf_batches=1, gen_batches=1,
-                                              steps=(("enet", 1, 1, 1, 0),), option_batches=1, option_repeats=2))
+    plan = pipeline_sections._Plan(images=2, batch=2, tf_batches=1, gen_batches=1, steps=(("enet", 1, 1, 1, 0),),
+                                   option_batches=1, option_repeats=2)
+    monkeypatch.setattr(pipeline_sections, "QUICK", plan)
     fake = bp.Timing([1.0, 1.2])
     monkeypatch.setattr(bp, "step_time_real_vs_synthetic",
                         lambda data_dir, model, batch, **kw: bp.StepComparison(model, batch, fake, bp.Timing([1.0])))
@@ -143,7 +147,7 @@ def test_run_pipeline_benchmarks_returns_both_sections(tmp_path, monkeypatch):
     monkeypatch.setattr(bp, "options_experiments",
                         lambda *a, **kw: [bp.OptionResult("none (A/A control)", [t, t], [t, t])])
     lines = []
-    sections = bp.run_pipeline_benchmarks(str(tmp_path), quick=True, log=lines.append)
+    sections = pipeline_sections.run_pipeline_benchmarks(str(tmp_path), quick=True, log=lines.append)
     assert set(sections) == {"pipeline", "pipeline-options"}
     pipeline, options = sections["pipeline"], sections["pipeline-options"]
     assert pipeline.startswith("## Input pipeline") and "| enet | 1 | 1100 | 1000 | 1.10 | 2 |" in pipeline

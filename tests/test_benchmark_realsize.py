@@ -1,10 +1,10 @@
-"""keras_seg.benchmark.realsize: per-step arithmetic, and one real child run of the demo config."""
+"""benchmarks.realsize: per-step arithmetic, and one real child run of the demo config."""
 
 import os
 
 import pytest
 
-from keras_seg.benchmark import realsize
+from benchmarks import realsize
 
 
 def test_summarize_drops_the_first_window_and_divides_per_step():

@@ -7,7 +7,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import keras_seg
 from keras_seg import export
-from keras_seg.benchmark.litert_ops import delegation
+from benchmarks.litert_ops import delegation
 
 SIZE = (32, 40)
 #: The integer index ops of argmax pooling / unpooling and the final argmax: XNNPACK has no

@@ -1,10 +1,10 @@
-"""keras_seg.benchmark.litert_ops: XNNPACK delegation per node, nodes cut out and timed alone."""
+"""benchmarks.litert_ops: XNNPACK delegation per node, nodes cut out and timed alone."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_seg.benchmark import litert_ops
+from benchmarks import litert_ops
 
 RNG = np.random.default_rng(0)
 W1 = tf.constant(RNG.normal(size=(3, 3, 3, 4)).astype("float32"))

@@ -394,8 +394,8 @@ def test_train_cli_flag_end_to_end_on_shapes(tmp_path):
 
 
 def test_benchmark_records_the_precision_and_resume_keeps_precisions_apart():
-    from keras_seg.benchmark import report
-    from keras_seg.benchmark.model_bench import BenchSpec
+    from benchmarks import report
+    from benchmarks.model_bench import BenchSpec
 
     with pytest.raises(ValueError, match=r"Received: mixed_precision='bf16'"):
         BenchSpec("unet", mixed_precision="bf16").validate()
@@ -411,7 +411,7 @@ def test_benchmark_records_the_precision_and_resume_keeps_precisions_apart():
 
 @pytest.mark.parametrize("precision", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_benchmark_model_runs_under_the_policy_and_exports_float32(precision, tmp_path):
-    from keras_seg.benchmark.model_bench import BenchSpec, run
+    from benchmarks.model_bench import BenchSpec, run
 
     spec = BenchSpec("unet", num_classes=3, height=32, width=32, tiny=True, iters=1, rounds=1, calibration=1,
                      skip=["flops", "xla", "tflite"], workdir=str(tmp_path), mixed_precision=precision)

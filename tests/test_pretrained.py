@@ -49,6 +49,7 @@ def test_package_writes_weights_and_a_complete_record(packaged):
     info = pretrained.read_info("unet_toy", folder)
     assert info["model"] == "unet" and info["model_options"] == TINY and info["class_names"] == ["a", "b", "c"]
     assert info["preprocessing"] == "imagenet" and info["trained"] == {"config": "x.cfg"}
+    assert info["scales"] == [1.0]  # the run's --eval_scales (default 1), from model_config.json
     assert info["metrics"]["val"]["mean_iu"] == json.loads((root / "run/best/best.json").read_text())["mean_iu"]
     model, got = pretrained.load_pretrained("unet_toy", directory=folder)
     trained, _, _ = load_trained_model(str(root / "run"), "best")
@@ -56,6 +57,18 @@ def test_package_writes_weights_and_a_complete_record(packaged):
     x = np.random.default_rng(0).normal(size=(1, 20, 24, 3)).astype("float32")
     np.testing.assert_allclose(model(x).numpy(), trained(x).numpy(), atol=1e-6)
     assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+def test_a_half_resolution_entry_records_its_inference_scales(packaged, tmp_path):
+    """A model trained at half resolution is scored at scale 0.5; its record says so, and the
+    scales prediction uses by default come from it."""
+    root, _ = packaged
+    config = json.loads((root / "run" / "model_config.json").read_text())
+    assert config["eval_scales"] == [1.0]
+    pretrained.package(str(root / "run"), "unet_half", "best", directory=str(tmp_path), scales=(0.5,))
+    info = pretrained.read_info("unet_half", str(tmp_path))
+    assert info["scales"] == [0.5] and pretrained.recorded_scales(info) == (0.5,)
+    assert pretrained.recorded_scales({}) == (1.0,)  # records written before scales existed
 
 
 def test_unknown_or_mismatched_weights_are_refused_with_the_choices(packaged):
@@ -139,5 +152,8 @@ def test_shipped_weights_reach_their_recorded_val_miou_on_real_camvid(name, shar
     convert_camvid(str(src), str(tmp_path / "camvid"), splits=("val",), log=lambda m: None)
     model, _ = pretrained.load_pretrained(name)
     ds = make_dataset(DataConfig(str(tmp_path / "camvid"), "val", 1, False, preprocessing=info["preprocessing"]))
-    scores = evaluate(model, ds, info["num_classes"], info["ignore_label"])
+    from keras_seg.inference import InferenceConfig
+
+    scores = evaluate(model, ds, info["num_classes"], info["ignore_label"],
+                      inference=InferenceConfig(scales=pretrained.recorded_scales(info)))
     assert abs(100 * scores["mean_iu"] - 100 * info["metrics"]["val"]["mean_iu"]) <= 0.5, scores["mean_iu"]

@@ -63,42 +63,69 @@ def augment(example, seed, cfg: AugmentConfig):
     label, weight = example["label"], example["weight"]
     crop_h, crop_w = cfg.crop_size
     if cfg.photometric:
-        x = image / 255.0
-        x = tf.image.stateless_random_brightness(x, 0.125, seeds[4])
-        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[5])
-        x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[6])
-        image = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        image = _jitter(image, seeds[4:7])
+    image, label, weight = _random_scale(image, label, weight, seeds[0], cfg)
+    image, label, weight = _pad_to_crop(image, label, weight, cfg)
+    image, label, weight = _random_crop(image, label, weight, seeds[1:3], cfg.crop_size)
+    if cfg.flip:
+        image, label, weight = _random_flip(image, label, weight, seeds[3])
+    image = tf.ensure_shape(image, [crop_h, crop_w, 3])
+    label = tf.ensure_shape(label, [crop_h, crop_w, 1])
+    weight = tf.ensure_shape(weight, [crop_h, crop_w, 1])
+    return {"image": image, "label": label, "weight": weight}
 
+
+def _jitter(image, seeds):
+    """Random brightness, contrast and saturation of a float image in [0, 255]; ``seeds`` is (3, 2)."""
+    x = image / 255.0
+    x = tf.image.stateless_random_brightness(x, 0.125, seeds[0])
+    x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[1])
+    x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[2])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def _random_scale(image, label, weight, seed, cfg: AugmentConfig):
+    """Rescales by a factor in ``[cfg.min_scale, cfg.max_scale)``: image bilinear, label and weight nearest."""
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.random.stateless_uniform([], seeds[0], cfg.min_scale, cfg.max_scale)
+    scale = tf.random.stateless_uniform([], seed, cfg.min_scale, cfg.max_scale)
     new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
     image = tf.image.resize(image, new_hw, method="bilinear")
     label = tf.image.resize(label, new_hw, method="nearest")
     weight = tf.image.resize(weight, new_hw, method="nearest")
+    return image, label, weight
 
-    pad_h = tf.maximum(crop_h - new_hw[0], 0)
-    pad_w = tf.maximum(crop_w - new_hw[1], 0)
+
+def _pad_to_crop(image, label, weight, cfg: AugmentConfig):
+    """Pads the bottom and right up to the crop size: image ``cfg.pad_value``, label ignore, weight 0."""
+    crop_h, crop_w = cfg.crop_size
+    size = tf.shape(label)[:2]
+    pad_h = tf.maximum(crop_h - size[0], 0)
+    pad_w = tf.maximum(crop_w - size[1], 0)
     paddings = [[0, pad_h], [0, pad_w], [0, 0]]
     image = tf.concat([tf.pad(image[..., c : c + 1], paddings, constant_values=cfg.pad_value[c])
                        for c in range(3)], axis=-1)
     label = tf.pad(label, paddings, constant_values=cfg.ignore_label)
     weight = tf.pad(weight, paddings)
+    return image, label, weight
 
+
+def _random_crop(image, label, weight, seeds, crop_size):
+    """The same random ``crop_size`` window of all three; ``seeds`` (2, 2) draw its top and left."""
+    crop_h, crop_w = crop_size
     size = tf.shape(label)[:2]
-    top = tf.random.stateless_uniform([], seeds[1], 0, size[0] - crop_h + 1, tf.int32)
-    left = tf.random.stateless_uniform([], seeds[2], 0, size[1] - crop_w + 1, tf.int32)
+    top = tf.random.stateless_uniform([], seeds[0], 0, size[0] - crop_h + 1, tf.int32)
+    left = tf.random.stateless_uniform([], seeds[1], 0, size[1] - crop_w + 1, tf.int32)
     image = image[top : top + crop_h, left : left + crop_w]
     label = label[top : top + crop_h, left : left + crop_w]
     weight = weight[top : top + crop_h, left : left + crop_w]
+    return image, label, weight
 
-    if cfg.flip:
-        do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
-        image, label, weight = tf.cond(
-            do_flip,
-            lambda: (tf.reverse(image, [1]), tf.reverse(label, [1]), tf.reverse(weight, [1])),
-            lambda: (image, label, weight),
-        )
-    image = tf.ensure_shape(image, [crop_h, crop_w, 3])
-    label = tf.ensure_shape(label, [crop_h, crop_w, 1])
-    weight = tf.ensure_shape(weight, [crop_h, crop_w, 1])
-    return {"image": image, "label": label, "weight": weight}
+
+def _random_flip(image, label, weight, seed):
+    """Flips all three left-right together with probability 1/2."""
+    do_flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(
+        do_flip,
+        lambda: (tf.reverse(image, [1]), tf.reverse(label, [1]), tf.reverse(weight, [1])),
+        lambda: (image, label, weight),
+    )

@@ -128,6 +128,14 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
     manifest = load_manifest(cfg.data_dir)
     files = split_files(cfg.data_dir, manifest, cfg.split)
     with_weights = bool(manifest["splits"][cfg.split].get("has_weights", False))
+    batch, pipelines, pipeline = _pipeline_share(cfg, input_context)
+    if not cfg.training:  # every example exactly once, in any order
+        return _eval_batches(_example_stream(cfg, files, with_weights, pipeline, pipelines, 0), batch)
+    return _train_batches(cfg, files, with_weights, batch, pipelines, pipeline)
+
+
+def _pipeline_share(cfg: DataConfig, input_context: Optional[tf.distribute.InputContext]) -> Tuple[int, int, int]:
+    """``(per-replica batch size, number of input pipelines, this pipeline's index)``."""
     batch, pipelines, pipeline = cfg.batch_size, 1, 0
     if input_context is not None:
         if cfg.batch_size % input_context.num_replicas_in_sync:
@@ -137,20 +145,27 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
             )
         batch = input_context.get_per_replica_batch_size(cfg.batch_size)
         pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
-    if not cfg.training:  # every example exactly once, in any order
-        ds = _example_stream(cfg, files, with_weights, pipeline, pipelines, 0)
-        if batch == 1:
-            return ds.batch(1).prefetch(AUTOTUNE)
-        # Batches of same-size images only: padding would be seen by the model (image pooling
-        # in PSPNet and DeepLab v3 would change every prediction), so a batch never mixes sizes
-        # and batched evaluation gives batch 1's confusion matrix.
-        return ds.group_by_window(
-            key_func=lambda image, label, weight: tf.cast(tf.shape(image)[0], tf.int64) * 1_000_003
-            + tf.cast(tf.shape(image)[1], tf.int64),
-            reduce_func=lambda key, window: window.batch(batch),
-            window_size=batch,
-        ).prefetch(AUTOTUNE)
+    return batch, pipelines, pipeline
 
+
+def _eval_batches(ds: tf.data.Dataset, batch: int) -> tf.data.Dataset:
+    """Batches of ``batch`` same-size examples (any size for batch 1), prefetched."""
+    if batch == 1:
+        return ds.batch(1).prefetch(AUTOTUNE)
+    # Batches of same-size images only: padding would be seen by the model (image pooling
+    # in PSPNet and DeepLab v3 would change every prediction), so a batch never mixes sizes
+    # and batched evaluation gives batch 1's confusion matrix.
+    return ds.group_by_window(
+        key_func=lambda image, label, weight: tf.cast(tf.shape(image)[0], tf.int64) * 1_000_003
+        + tf.cast(tf.shape(image)[1], tf.int64),
+        reduce_func=lambda key, window: window.batch(batch),
+        window_size=batch,
+    ).prefetch(AUTOTUNE)
+
+
+def _train_batches(cfg: DataConfig, files, with_weights: bool, batch: int, pipelines: int,
+                   pipeline: int) -> tf.data.Dataset:
+    """This pipeline's part of each global training batch, from its own shards (:func:`make_dataset`)."""
     shards = cfg.num_shards or pipelines
     if shards % pipelines or cfg.batch_size % shards:
         raise ValueError(

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
+from keras_seg.models.backbones.registry import get_backbone
 from keras_seg.models.backbones.vgg import VGG16_BLOCKS, check_backbone_weights, load_vgg16_weights, vgg16_features
 from keras_seg.models.blocks import (
     ResizeLike,
@@ -159,19 +159,16 @@ def build_deeplab_v2(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    check_resnet_args(
-        backbone, output_stride=output_stride, blocks=backbone_blocks, width=backbone_width,
-        weights=backbone_weights,
-    )
+    encoder = get_backbone(backbone, family="resnet")
+    encoder.check(output_stride=output_stride, blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
     if atrous_rates is None:
         atrous_rates = _scaled_rates((6, 12, 18, 24), output_stride, 8, "atrous_rates")
     else:
         atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = resnet(
-        inputs, backbone, output_stride=output_stride, blocks=backbone_blocks, width=backbone_width
-    )[output_stride]
+    features = encoder.features(inputs, output_stride=output_stride, blocks=backbone_blocks,
+                                width=backbone_width)[output_stride]
     scores = [
         logits_layer(features, num_classes, name=f"aspp_r{rate}_conv", kernel_size=3, dilation_rate=rate)
         for rate in atrous_rates
@@ -179,7 +176,7 @@ def build_deeplab_v2(
     x = keras.layers.Add(name="aspp_add", dtype="float32")(scores)
     outputs = resize_logits(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    encoder.load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)
 
 
@@ -191,10 +188,9 @@ def _v3_encoder(input_shape, backbone, backbone_blocks, backbone_width, backbone
     Returns:
       ``(inputs, backbone features by stride, ASPP output)``.
     """
-    check_resnet_args(
-        backbone, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
-        width=backbone_width, weights=backbone_weights,
-    )
+    encoder = get_backbone(backbone, family="resnet")
+    encoder.check(output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks, width=backbone_width,
+                  weights=backbone_weights)
     check_positive_ints(aspp_filters=aspp_filters)
     _check_bool(image_pooling=image_pooling, separable=separable)
     if atrous_rates is None:
@@ -202,10 +198,8 @@ def _v3_encoder(input_shape, backbone, backbone_blocks, backbone_width, backbone
     else:
         atrous_rates = _scaled_rates(tuple(atrous_rates), 1, 1, "atrous_rates")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = resnet(
-        inputs, backbone, output_stride=output_stride, multi_grid=multi_grid,
-        blocks=backbone_blocks, width=backbone_width,
-    )
+    features = encoder.features(inputs, output_stride=output_stride, multi_grid=multi_grid, blocks=backbone_blocks,
+                                width=backbone_width)
     x = aspp(features[output_stride], aspp_filters, atrous_rates, image_pooling=image_pooling,
              separable=separable, name="aspp")
     return inputs, features, x
@@ -270,7 +264,7 @@ def build_deeplab_v3(
     x = logits_layer(x, num_classes, name="classifier")
     outputs = resize_logits(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    get_backbone(backbone).load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)
 
 
@@ -379,5 +373,5 @@ def build_deeplab_v3plus(
     x = logits_layer(x, num_classes, name="classifier")
     outputs = resize_logits(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    get_backbone(backbone).load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)

@@ -18,7 +18,7 @@ from keras_seg.models.blocks import (
     load_weights_if_given,
     logits_layer,
 )
-from keras_seg.registry import register
+from keras_seg.registry import register, variant
 
 __all__ = ["build_fc_densenet", "build_fc_densenet56", "build_fc_densenet67", "build_fc_densenet103"]
 
@@ -121,100 +121,20 @@ def build_fc_densenet(
     return load_weights_if_given(keras.Model(inputs, outputs, name=name), weights)
 
 
-@register(
-    "fc_densenet56", tiny=dict(first_filters=8, growth_rate=3, layers_per_block=(2, 2, 2)), paper=_PAPER
+#: The paper's three FC-DenseNets, as data: (name, defaults, test-size options, docstring).
+_VARIANTS = (
+    ("fc_densenet56", dict(growth_rate=12, layers_per_block=4),
+     dict(first_filters=8, growth_rate=3, layers_per_block=(2, 2, 2)),
+     "Builds FC-DenseNet56: 4 layers in every dense block, growth rate 12 (paper: 1.4M parameters)."),
+    ("fc_densenet67", dict(growth_rate=16, layers_per_block=5),
+     dict(first_filters=8, growth_rate=4, layers_per_block=(3, 3)),
+     "Builds FC-DenseNet67: 5 layers in every dense block, growth rate 16 (paper: 3.5M parameters)."),
+    ("fc_densenet103", dict(growth_rate=16, layers_per_block=(4, 5, 7, 10, 12, 15)),
+     dict(first_filters=8, growth_rate=4, layers_per_block=(1, 2, 3)),
+     "Builds FC-DenseNet103 (paper: 9.4M parameters): dense blocks of 4, 5, 7, 10 and 12 layers, a\n"
+     "    15-layer bottleneck, then 12, 10, 7, 5 and 4 layers on the way up; growth rate 16."),
 )
-def build_fc_densenet56(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    first_filters: int = 48,
-    growth_rate: int = 12,
-    layers_per_block: Union[int, Sequence[int]] = 4,
-    dropout: float = 0.2,
-    weights: Optional[str] = None,
-    name: str = "fc_densenet56",
-) -> keras.Model:
-    """Builds FC-DenseNet56: 4 layers in every dense block, growth rate 12 (paper: 1.4M parameters).
-
-    Args:
-      num_classes, input_shape, first_filters, growth_rate, layers_per_block, dropout, weights,
-      name: as in :func:`build_fc_densenet`, with this variant's defaults.
-
-    Returns:
-      A functional ``keras.Model``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return build_fc_densenet(
-        num_classes, input_shape, first_filters=first_filters, growth_rate=growth_rate,
-        layers_per_block=layers_per_block, dropout=dropout, weights=weights, name=name,
-    )
-
-
-@register(
-    "fc_densenet67", tiny=dict(first_filters=8, growth_rate=4, layers_per_block=(3, 3)), paper=_PAPER
+build_fc_densenet56, build_fc_densenet67, build_fc_densenet103 = (
+    register(name, tiny=tiny, paper=_PAPER)(variant(build_fc_densenet, name, doc, **defaults))
+    for name, defaults, tiny, doc in _VARIANTS
 )
-def build_fc_densenet67(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    first_filters: int = 48,
-    growth_rate: int = 16,
-    layers_per_block: Union[int, Sequence[int]] = 5,
-    dropout: float = 0.2,
-    weights: Optional[str] = None,
-    name: str = "fc_densenet67",
-) -> keras.Model:
-    """Builds FC-DenseNet67: 5 layers in every dense block, growth rate 16 (paper: 3.5M parameters).
-
-    Args:
-      num_classes, input_shape, first_filters, growth_rate, layers_per_block, dropout, weights,
-      name: as in :func:`build_fc_densenet`, with this variant's defaults.
-
-    Returns:
-      A functional ``keras.Model``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return build_fc_densenet(
-        num_classes, input_shape, first_filters=first_filters, growth_rate=growth_rate,
-        layers_per_block=layers_per_block, dropout=dropout, weights=weights, name=name,
-    )
-
-
-@register(
-    "fc_densenet103", tiny=dict(first_filters=8, growth_rate=4, layers_per_block=(1, 2, 3)), paper=_PAPER
-)
-def build_fc_densenet103(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    first_filters: int = 48,
-    growth_rate: int = 16,
-    layers_per_block: Union[int, Sequence[int]] = (4, 5, 7, 10, 12, 15),
-    dropout: float = 0.2,
-    weights: Optional[str] = None,
-    name: str = "fc_densenet103",
-) -> keras.Model:
-    """Builds FC-DenseNet103 (paper: 9.4M parameters).
-
-    Dense blocks of 4, 5, 7, 10 and 12 layers, a 15-layer bottleneck, then 12, 10, 7, 5 and 4
-    layers on the way up; growth rate 16.
-
-    Args:
-      num_classes, input_shape, first_filters, growth_rate, layers_per_block, dropout, weights,
-      name: as in :func:`build_fc_densenet`, with this variant's defaults.
-
-    Returns:
-      A functional ``keras.Model``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return build_fc_densenet(
-        num_classes, input_shape, first_filters=first_filters, growth_rate=growth_rate,
-        layers_per_block=layers_per_block, dropout=dropout, weights=weights, name=name,
-    )

@@ -48,9 +48,9 @@ from keras_seg.models.blocks import (
     check_common_args,
     load_weights_if_given,
 )
-from keras_seg.registry import register
+from keras_seg.registry import register, variant
 
-__all__ = ["build_fcn32s", "build_fcn16s", "build_fcn8s", "FCN_CROP_OFFSETS"]
+__all__ = ["build_fcn", "build_fcn32s", "build_fcn16s", "build_fcn8s", "FCN_CROP_OFFSETS"]
 
 _PAPER = (
     "Long, Shelhamer and Darrell, Fully Convolutional Networks, CVPR 2015, "
@@ -73,6 +73,14 @@ def _score(x, num_classes: int, name: str, zero_init: bool):
     return keras.layers.Conv2D(num_classes, 1, kernel_initializer=init, name=name)(x)
 
 
+def _fuse(x, pool_feature, num_classes: int, pool: str, offset: int, zero_init: bool):
+    """Adds ``score_{pool}`` (1x1 scores of a pooling output, cropped at the reference ``offset``
+    to ``x``'s size, layer ``score_{pool}c``) to the upsampled scores ``x`` (layer ``fuse_{pool}``)."""
+    skip = _score(pool_feature, num_classes, f"score_{pool}", zero_init)
+    skip = CropLike((offset,) * 2, name=f"score_{pool}c")(skip, x)
+    return keras.layers.Add(name=f"fuse_{pool}")([x, skip])
+
+
 def _upscore(x, num_classes: int, stride: int, name: str, trainable: bool, final: bool):
     """Transposed convolution with kernel ``2 * stride``, no bias, bilinear initialisation."""
     return keras.layers.Conv2DTranspose(
@@ -87,20 +95,11 @@ def _upscore(x, num_classes: int, stride: int, name: str, trainable: bool, final
     )(x)
 
 
-def _build_fcn(
-    stride: int,
-    num_classes: int,
-    input_shape,
-    blocks: Sequence[Tuple[int, int]],
-    fc_channels: int,
-    dropout: float,
-    upsampling_trainable: str,
-    zero_init_scores: bool,
-    backbone_weights: Optional[str],
-    weights: Optional[str],
-    name: str,
-) -> keras.Model:
-    """Shared body of the three FCN builders; ``stride`` is 32, 16 or 8."""
+def _check_fcn_args(num_classes, input_shape, stride, blocks, fc_channels, dropout, upsampling_trainable,
+                    backbone_weights, weights):
+    """Validates :func:`build_fcn`'s arguments; returns the checked VGG ``blocks``."""
+    if stride not in FCN_CROP_OFFSETS:
+        raise ValueError(f"stride must be one of {sorted(FCN_CROP_OFFSETS)}. Received: stride={stride!r}")
     check_common_args(num_classes, input_shape, weights)
     blocks = check_vgg_blocks(blocks)
     if len(blocks) != 5:
@@ -118,6 +117,53 @@ def _build_fcn(
             f"Received: upsampling_trainable={upsampling_trainable!r}"
         )
     check_backbone_weights(backbone_weights, blocks, input_shape)
+    return blocks
+
+
+def build_fcn(
+    num_classes: int,
+    input_shape=(None, None, 3),
+    *,
+    stride: int = 8,
+    blocks: Sequence[Tuple[int, int]] = VGG16_BLOCKS,
+    fc_channels: int = 4096,
+    dropout: float = 0.5,
+    upsampling_trainable: str = "intermediate",
+    zero_init_scores: bool = True,
+    backbone_weights: Optional[str] = None,
+    weights: Optional[str] = None,
+    name: str = "fcn",
+) -> keras.Model:
+    """Builds FCN-32s, FCN-16s or FCN-8s (``stride``): the body of the three registered variants.
+
+    Args:
+      num_classes: number of classes of the logits.
+      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``. Every size >= 1 works.
+      stride: 32 (one 32x transposed convolution), 16 (``upscore2`` fused with
+        ``score_pool4``, then 16x) or 8 (that fused map upsampled 2x, fused with
+        ``score_pool3``, then 8x).
+      blocks: VGG ``(filters, convolutions)`` per block; five blocks are required.
+      fc_channels: filters of ``fc6`` (7x7) and ``fc7`` (1x1); 4096 in the paper.
+      dropout: dropout rate after ``fc6`` and ``fc7`` (0.5); 0 removes the layers.
+      upsampling_trainable: which transposed convolutions learn. ``"intermediate"``: the
+        paper's choice (the 2x layers learn from their bilinear start, the final one stays
+        bilinear; FCN-32s has only the final one, so it is frozen). ``"none"``: all frozen,
+        as the reference Caffe models (``lr_mult: 0``). ``"all"``: all learn.
+      zero_init_scores: zero-initialise the 1x1 scoring layers, as the paper and reference
+        models; ``False`` uses Glorot-uniform.
+      backbone_weights: ``None``, ``"imagenet"`` or a path to the Keras VGG16 no-top weights
+        (see :func:`~keras_seg.models.backbones.vgg.load_vgg16_weights`).
+      weights: ``None`` or a ``.weights.h5`` file for the whole model.
+      name: model name.
+
+    Returns:
+      A ``keras.Model`` returning float32 logits ``(B, H, W, num_classes)``.
+
+    Raises:
+      ValueError: for invalid arguments.
+    """
+    blocks = _check_fcn_args(num_classes, input_shape, stride, blocks, fc_channels, dropout,
+                             upsampling_trainable, backbone_weights, weights)
     learn_intermediate = upsampling_trainable in ("intermediate", "all")
     learn_final = upsampling_trainable == "all"
 
@@ -136,16 +182,12 @@ def _build_fcn(
         x = _upscore(x, num_classes, 32, "upscore", learn_final, final=True)
     else:
         x = _upscore(x, num_classes, 2, "upscore2", learn_intermediate, final=False)
-        skip = _score(features[16], num_classes, "score_pool4", zero_init_scores)
-        skip = CropLike((offsets[0],) * 2, name="score_pool4c")(skip, x)
-        x = keras.layers.Add(name="fuse_pool4")([x, skip])
+        x = _fuse(x, features[16], num_classes, "pool4", offsets[0], zero_init_scores)
         if stride == 16:
             x = _upscore(x, num_classes, 16, "upscore16", learn_final, final=True)
         else:
             x = _upscore(x, num_classes, 2, "upscore_pool4", learn_intermediate, final=False)
-            skip = _score(features[8], num_classes, "score_pool3", zero_init_scores)
-            skip = CropLike((offsets[1],) * 2, name="score_pool3c")(skip, x)
-            x = keras.layers.Add(name="fuse_pool3")([x, skip])
+            x = _fuse(x, features[8], num_classes, "pool3", offsets[1], zero_init_scores)
             x = _upscore(x, num_classes, 8, "upscore8", learn_final, final=True)
     outputs = CropLike((offsets[-1],) * 2, dtype="float32", name="logits")(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
@@ -153,133 +195,14 @@ def _build_fcn(
     return load_weights_if_given(model, weights)
 
 
-@register("fcn32s", tiny=_TINY, paper=_PAPER)
-def build_fcn32s(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    blocks: Sequence[Tuple[int, int]] = VGG16_BLOCKS,
-    fc_channels: int = 4096,
-    dropout: float = 0.5,
-    upsampling_trainable: str = "intermediate",
-    zero_init_scores: bool = True,
-    backbone_weights: Optional[str] = None,
-    weights: Optional[str] = None,
-    name: str = "fcn32s",
-) -> keras.Model:
-    """Builds FCN-32s: VGG16, fc6/fc7, ``score_fr`` and one 32x transposed convolution.
-
-    Args:
-      num_classes: number of classes of the logits.
-      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``. Every size >= 1 works.
-      blocks: VGG ``(filters, convolutions)`` per block; five blocks are required.
-      fc_channels: filters of ``fc6`` (7x7) and ``fc7`` (1x1); 4096 in the paper.
-      dropout: dropout rate after ``fc6`` and ``fc7`` (0.5); 0 removes the layers.
-      upsampling_trainable: which transposed convolutions learn. ``"intermediate"``: the
-        paper's choice (2x layers learn from their bilinear start, the final one stays
-        bilinear); FCN-32s has only the final one, so it is frozen. ``"none"``: all frozen,
-        as the reference Caffe models (``lr_mult: 0``). ``"all"``: all learn.
-      zero_init_scores: zero-initialise the 1x1 scoring layers, as the paper and reference
-        models; ``False`` uses Glorot-uniform.
-      backbone_weights: ``None``, ``"imagenet"`` or a path to the Keras VGG16 no-top weights
-        (see :func:`~keras_seg.models.backbones.vgg.load_vgg16_weights`).
-      weights: ``None`` or a ``.weights.h5`` file for the whole model.
-      name: model name.
-
-    Returns:
-      A ``keras.Model`` returning float32 logits ``(B, H, W, num_classes)``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return _build_fcn(
-        32, num_classes, input_shape, blocks, fc_channels, dropout, upsampling_trainable,
-        zero_init_scores, backbone_weights, weights, name,
-    )
-
-
-@register("fcn16s", tiny=_TINY, paper=_PAPER)
-def build_fcn16s(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    blocks: Sequence[Tuple[int, int]] = VGG16_BLOCKS,
-    fc_channels: int = 4096,
-    dropout: float = 0.5,
-    upsampling_trainable: str = "intermediate",
-    zero_init_scores: bool = True,
-    backbone_weights: Optional[str] = None,
-    weights: Optional[str] = None,
-    name: str = "fcn16s",
-) -> keras.Model:
-    """Builds FCN-16s: FCN-32s's head upsampled 2x, fused with ``score_pool4``, then 16x.
-
-    Args:
-      num_classes: number of classes of the logits.
-      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``. Every size >= 1 works.
-      blocks: VGG ``(filters, convolutions)`` per block; five blocks are required.
-      fc_channels: filters of ``fc6`` (7x7) and ``fc7`` (1x1); 4096 in the paper.
-      dropout: dropout rate after ``fc6`` and ``fc7`` (0.5); 0 removes the layers.
-      upsampling_trainable: ``"intermediate"`` (paper: ``upscore2`` learns, ``upscore16``
-        stays bilinear), ``"none"`` (reference Caffe models: all frozen) or ``"all"``.
-      zero_init_scores: zero-initialise the 1x1 scoring layers, as the paper and reference
-        models; ``False`` uses Glorot-uniform.
-      backbone_weights: ``None``, ``"imagenet"`` or a path to the Keras VGG16 no-top weights.
-      weights: ``None`` or a ``.weights.h5`` file for the whole model.
-      name: model name.
-
-    Returns:
-      A ``keras.Model`` returning float32 logits ``(B, H, W, num_classes)``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return _build_fcn(
-        16, num_classes, input_shape, blocks, fc_channels, dropout, upsampling_trainable,
-        zero_init_scores, backbone_weights, weights, name,
-    )
-
-
-@register("fcn8s", tiny=_TINY, paper=_PAPER)
-def build_fcn8s(
-    num_classes: int,
-    input_shape=(None, None, 3),
-    *,
-    blocks: Sequence[Tuple[int, int]] = VGG16_BLOCKS,
-    fc_channels: int = 4096,
-    dropout: float = 0.5,
-    upsampling_trainable: str = "intermediate",
-    zero_init_scores: bool = True,
-    backbone_weights: Optional[str] = None,
-    weights: Optional[str] = None,
-    name: str = "fcn8s",
-) -> keras.Model:
-    """Builds FCN-8s: FCN-16s's fused map upsampled 2x, fused with ``score_pool3``, then 8x.
-
-    With 19 classes on a 256x512 input it has 134,456,985 parameters.
-
-    Args:
-      num_classes: number of classes of the logits.
-      input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None``. Every size >= 1 works.
-      blocks: VGG ``(filters, convolutions)`` per block; five blocks are required.
-      fc_channels: filters of ``fc6`` (7x7) and ``fc7`` (1x1); 4096 in the paper.
-      dropout: dropout rate after ``fc6`` and ``fc7`` (0.5); 0 removes the layers.
-      upsampling_trainable: ``"intermediate"`` (paper: ``upscore2`` and ``upscore_pool4``
-        learn, ``upscore8`` stays bilinear), ``"none"`` (reference Caffe models: all frozen)
-        or ``"all"``.
-      zero_init_scores: zero-initialise the 1x1 scoring layers, as the paper and reference
-        models; ``False`` uses Glorot-uniform.
-      backbone_weights: ``None``, ``"imagenet"`` or a path to the Keras VGG16 no-top weights.
-      weights: ``None`` or a ``.weights.h5`` file for the whole model.
-      name: model name.
-
-    Returns:
-      A ``keras.Model`` returning float32 logits ``(B, H, W, num_classes)``.
-
-    Raises:
-      ValueError: for invalid arguments.
-    """
-    return _build_fcn(
-        8, num_classes, input_shape, blocks, fc_channels, dropout, upsampling_trainable,
-        zero_init_scores, backbone_weights, weights, name,
-    )
+#: The three FCN variants of the paper, as data: (name, stride, docstring).
+_VARIANTS = (
+    ("fcn32s", 32, "Builds FCN-32s: VGG16, fc6/fc7, ``score_fr`` and one 32x transposed convolution."),
+    ("fcn16s", 16, "Builds FCN-16s: FCN-32s's head upsampled 2x, fused with ``score_pool4``, then 16x."),
+    ("fcn8s", 8, "Builds FCN-8s: FCN-16s's fused map upsampled 2x, fused with ``score_pool3``, then 8x.\n\n"
+     "    With 19 classes on a 256x512 input it has 134,456,985 parameters."),
+)
+build_fcn32s, build_fcn16s, build_fcn8s = (
+    register(name, tiny=_TINY, paper=_PAPER)(variant(build_fcn, name, doc, fixed={"stride": stride}))
+    for name, stride, doc in _VARIANTS
+)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
+from keras_seg.models.backbones.registry import get_backbone
 from keras_seg.models.blocks import CropLike, PadToMultiple, batch_norm, check_common_args, load_weights_if_given
 from keras_seg.registry import register
 
@@ -83,11 +83,12 @@ def build_linknet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    check_resnet_args(backbone, blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
+    encoder = get_backbone(backbone, family="resnet")
+    encoder.check(blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = PadToMultiple(32, name="pad")(inputs)
-    features = resnet(x, backbone, blocks=backbone_blocks, width=backbone_width)
+    features = encoder.features(x, blocks=backbone_blocks, width=backbone_width)
     encoders = [features[s] for s in (4, 8, 16, 32)]
     x = encoders[3]
     for i in (4, 3, 2, 1):
@@ -102,5 +103,5 @@ def build_linknet(
     x = _full_conv(x, num_classes, 2, "logits_full", dtype="float32")
     outputs = CropLike(name="logits", dtype="float32")(x, inputs)
     model = keras.Model(inputs, outputs, name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    encoder.load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)

@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet_stages
+from keras_seg.models.backbones.registry import get_backbone
+from keras_seg.models.backbones.resnet import resnet_stages
 from keras_seg.models.blocks import (
     check_positive_ints,
     check_common_args,
@@ -94,10 +95,8 @@ def build_pspnet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    check_resnet_args(
-        backbone, output_stride=output_stride, blocks=backbone_blocks, width=backbone_width,
-        weights=backbone_weights,
-    )
+    encoder = get_backbone(backbone, family="resnet")
+    encoder.check(output_stride=output_stride, blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
     bins = tuple(bins)
     if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
         raise ValueError(f"bins must be ints >= 1. Received: bins={bins!r}")
@@ -119,5 +118,5 @@ def build_pspnet(
         aux = _head(stage4, aux_filters, num_classes, dropout, name="aux_head")
         outputs = [outputs, resize_logits(aux, inputs, name="aux")]
     model = keras.Model(inputs, outputs, name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    encoder.load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)

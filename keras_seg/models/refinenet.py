@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_seg.models.backbones.resnet import check_resnet_args, load_resnet_weights, resnet
+from keras_seg.models.backbones.registry import get_backbone
 from keras_seg.models.blocks import (
     ResizeLike,
     check_common_args,
@@ -149,7 +149,8 @@ def build_refinenet(
       ValueError: for invalid arguments.
     """
     check_common_args(num_classes, input_shape, weights)
-    check_resnet_args(backbone, blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
+    encoder = get_backbone(backbone, family="resnet")
+    encoder.check(blocks=backbone_blocks, width=backbone_width, weights=backbone_weights)
     filters = tuple(filters)
     if len(filters) != 4 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in filters):
         raise ValueError(f"filters must be four ints >= 1. Received: filters={filters!r}")
@@ -162,7 +163,7 @@ def build_refinenet(
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = resnet(inputs, backbone, blocks=backbone_blocks, width=backbone_width)
+    features = encoder.features(inputs, blocks=backbone_blocks, width=backbone_width)
     x = None
     for level, (stride, width) in enumerate(zip((32, 16, 8, 4), filters)):
         x = refine_block(
@@ -174,5 +175,5 @@ def build_refinenet(
         x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
     x = logits_layer(x, num_classes, name="classifier", kernel_size=3)
     model = keras.Model(inputs, resize_logits(x, inputs), name=name)
-    load_resnet_weights(model, backbone, backbone_weights)
+    encoder.load_weights(model, backbone_weights)
     return load_weights_if_given(model, weights)

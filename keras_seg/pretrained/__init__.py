@@ -93,6 +93,15 @@ def weights_path(name: str, directory: str = PRETRAINED_DIR) -> str:
     return path
 
 
+def recorded_scales(info: Dict[str, Any]) -> Tuple[float, ...]:
+    """The input scales entry ``info`` was selected and scored at (``(1.0,)``: the image as it is).
+
+    A model trained on half-resolution crops records ``(0.5,)``: prediction and evaluation then
+    resize each image by 0.5 and the logits back to full size (:mod:`keras_seg.inference`).
+    """
+    return tuple(float(v) for v in info.get("scales", (1.0,)))
+
+
 def load_weights_into(model, name: str, directory: str = PRETRAINED_DIR) -> None:
     """Loads entry ``name``'s weights into ``model`` (built with the entry's model and options)."""
     model.load_weights(weights_path(name, directory))
@@ -109,7 +118,7 @@ def load_pretrained(name: str, input_shape=(None, None, 3), directory: str = PRE
 
     info = read_info(name, directory)
     spec = get_spec(info["model"])
-    model = spec.builder(info["num_classes"], input_shape=tuple(input_shape), **info["model_options"])
+    model = spec.build(info["num_classes"], input_shape, **info["model_options"])
     load_weights_into(model, name, directory)
     return model, info
 
@@ -121,7 +130,7 @@ def _step_of(checkpoint_path: str) -> Optional[int]:
 
 def package(model_dir: str, name: str, checkpoint: str = "best", metrics: Optional[Dict[str, str]] = None,
             trained: Optional[Dict[str, Any]] = None, licence: str = CAMVID_LICENCE,
-            directory: str = PRETRAINED_DIR) -> Tuple[str, str]:
+            directory: str = PRETRAINED_DIR, scales: Optional[Tuple[float, ...]] = None) -> Tuple[str, str]:
     """Writes ``<name>.weights.h5`` and ``<name>.json`` from a training run; returns both paths.
 
     Args:
@@ -133,6 +142,8 @@ def package(model_dir: str, name: str, checkpoint: str = "best", metrics: Option
       trained: how it was trained (config, wall hours, machine), copied into the record.
       licence: the weights' licence line.
       directory: where to write (the package folder by default).
+      scales: the inference scales the metrics were measured at (default: the run's
+        ``eval_scales`` from ``model_config.json``, else 1); prediction with the entry uses them.
     """
     from keras_seg.checkpoints import find_checkpoint, load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
     from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
@@ -142,7 +153,7 @@ def package(model_dir: str, name: str, checkpoint: str = "best", metrics: Option
     if not name.startswith(config["model"] + "_"):
         raise ValueError(f"an entry name is <model>_<dataset>, and {model_dir} holds {config['model']}. "
                          f"Received: name={name!r}")
-    inference = get_spec(config["model"]).builder(config["num_classes"], input_shape=(None, None, 3),
+    inference = get_spec(config["model"]).build(config["num_classes"], (None, None, 3),
                                                   **config.get("model_options", {}))
     by_path = {v.path: v for v in trained_model.weights}
     missing = [v.path for v in inference.weights if v.path not in by_path]
@@ -170,6 +181,7 @@ def package(model_dir: str, name: str, checkpoint: str = "best", metrics: Option
         "parameters": int(inference.count_params()), "checkpoint": os.path.relpath(path, model_dir),
         "checkpoint_step": _step_of(find_checkpoint(model_dir, checkpoint)),
         "metrics": record_metrics, "trained": dict(trained or {}), "licence": licence,
+        "scales": [float(v) for v in (scales or config.get("eval_scales") or (1.0,))],
     }
     info_path = os.path.join(directory, f"{name}.json")
     atomic_write_json(info_path, info)

@@ -38,8 +38,9 @@ def main(argv):
                 trained[key] = float(value) if "." in value else int(value)
             except ValueError:
                 pass
+        scales = tuple(float(v) for v in FLAGS.scales) if FLAGS.scales else None
         paths = package(FLAGS.model_dir, FLAGS.name, FLAGS.checkpoint, _pairs(FLAGS.metrics, "metrics"), trained,
-                        directory=FLAGS.out_dir or os.path.dirname(os.path.abspath(__file__)))
+                        directory=FLAGS.out_dir or os.path.dirname(os.path.abspath(__file__)), scales=scales)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -53,6 +54,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", "best", "best, latest or a checkpoint prefix.")
     flags.DEFINE_multi_string("metrics", [], "split=PATH of an evaluate JSON of that checkpoint (repeatable).")
     flags.DEFINE_multi_string("trained", [], "key=value about the training (config, wall_hours, machine; repeatable).")
+    flags.DEFINE_list("scales", [], "Inference scales the metrics were measured at, e.g. 0.5 for a model trained "
+                      "at half resolution (default: the run's --eval_scales, else 1).")
     flags.DEFINE_string("out_dir", None, "Folder to write to (default: the installed keras_seg/pretrained).")
     flags.DEFINE_alias("out", "out_dir")  # the older spelling
     from keras_seg.cli import flagfile_argv  # pylint: disable=import-outside-toplevel

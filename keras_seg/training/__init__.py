@@ -4,8 +4,9 @@
   function and, at step boundaries, the hooks: progress log, checkpoint, evaluation;
 - :mod:`~keras_seg.training.checkpointing`: latest and best checkpoints on every worker,
   resume, and the dropout RNG state;
-- :mod:`~keras_seg.training.model_dir`: checks of the model_dir before training, and writes
-  that name their path, step and last good checkpoint when they fail;
+- :mod:`~keras_seg.training.model_dir`: the run's ``model_config.json``, checks of the
+  model_dir before training, and writes that name their path, step and last good
+  checkpoint when they fail;
 - :mod:`~keras_seg.training.step`: the training step and the ``steps_per_loop`` loop;
 - :mod:`~keras_seg.training.schedule`: the poly learning-rate schedule with warm-up, the
   optimizer and which variables weight decay touches;

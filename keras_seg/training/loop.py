@@ -30,7 +30,7 @@ from keras_seg.data.augment import AugmentConfig
 from keras_seg.data.manifest import class_weights_from_manifest, load_manifest
 from keras_seg.fileio import atomic_write_json
 from keras_seg.data.pipeline import DataConfig, make_dataset
-from keras_seg.data.preprocess import mean_pixel, preprocessing_for
+from keras_seg.data.preprocess import mean_pixel
 from keras_seg.distribute import CLUSTER_ERRORS, Watchdog, WorkerLostError, is_chief, make_strategy, num_workers, worker_index
 from keras_seg.inference import InferenceConfig
 from keras_seg.layout import ModelDir
@@ -38,7 +38,7 @@ from keras_seg.options import TrainConfig
 from keras_seg.registry import get_spec
 from keras_seg.training.checkpointing import Progress, RunCheckpoints, check_same_step
 from keras_seg.training.evaluation import evaluate, scores_to_json, write_eval_images
-from keras_seg.training.model_dir import check_free_space, check_writable, prepare_model_dir, writing
+from keras_seg.training.model_dir import check_free_space, check_writable, make_model_config, prepare_model_dir, writing
 from keras_seg.training.schedule import PolyWithWarmup, make_optimizer
 from keras_seg.training.step import is_input_pipeline_error, make_train_loop, steps_until_boundary
 from keras_seg.training.summaries import write_scalar
@@ -88,20 +88,6 @@ class _Run:
         return worker_index(self.strategy)
 
 
-def _model_config(cfg: TrainConfig, manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``model_config.json`` of a run: what evaluate, predict and export rebuild from."""
-    return {
-        "model": cfg.model, "num_classes": cfg.num_classes,
-        "model_options": {k: v for k, v in cfg.model_options.items() if k != "aux_outputs"},
-        "class_names": manifest["class_names"], "palette": manifest["palette"],
-        "ignore_label": int(manifest["ignore_label"]),
-        "dataset": manifest.get("dataset", ""), "data_dir": os.path.abspath(cfg.data_dir),
-        "crop_size": list(cfg.crop_size), "train_split": cfg.train_split,
-        "mixed_precision": cfg.mixed_precision,
-        "preprocessing": preprocessing_for(cfg.model_options, cfg.preprocessing),
-    }
-
-
 def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[str], None] = print,
           strategy: Optional[tf.distribute.Strategy] = None,
           on_progress: Optional[Callable[[int], None]] = None) -> TrainResult:
@@ -133,6 +119,24 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
       CheckpointError: checkpoints exist but none can be restored.
       WorkerLostError: another worker died, restarted or stopped answering.
     """
+    run, class_weights, watchdog = _start(cfg, flags_text, log, strategy)
+    try:
+        return _train(run, class_weights, on_progress)
+    except CLUSTER_ERRORS as e:
+        if run.workers == 1:
+            raise
+        raise WorkerLostError(
+            f"Lost contact with another worker ({error_line(e)}). {run.progress}Restart every worker with "
+            "the same command; training resumes from the last checkpoint."
+        ) from e
+    finally:
+        if watchdog:
+            watchdog.close()
+
+
+def _start(cfg: TrainConfig, flags_text: Optional[str], log: Callable[[str], None],
+           strategy: Optional[tf.distribute.Strategy]):
+    """Checks the data, makes the strategy and (chief) the model_dir: ``(run, class_weights, watchdog)``."""
     manifest = load_manifest(cfg.data_dir)
     if manifest["num_classes"] != cfg.num_classes:
         raise ValueError(
@@ -141,7 +145,7 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
         )
     class_weights = (class_weights_from_manifest(manifest, cfg.class_weights) if isinstance(cfg.class_weights, str)
                      else list(cfg.class_weights))
-    model_config = _model_config(cfg, manifest)
+    model_config = make_model_config(cfg, manifest)
     check_writable(cfg.model_dir)  # every worker: the others write temporary checkpoints there
     strategy = strategy or make_strategy(cfg.strategy, cfg.device, cluster=cfg.cluster,
                                          port_base=cfg.cluster_port, worker_timeout=cfg.worker_timeout)
@@ -152,22 +156,10 @@ def train(cfg: TrainConfig, *, flags_text: Optional[str] = None, log: Callable[[
     if cfg.batch_size % replicas:
         raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of the {replicas} replicas.")
     progress = Progress()
-    workers = num_workers(strategy)
-    watchdog = Watchdog(cfg.worker_timeout, lambda: str(progress)) if workers > 1 else None
+    watchdog = Watchdog(cfg.worker_timeout, lambda: str(progress)) if num_workers(strategy) > 1 else None
     run = _Run(cfg, strategy, chief, model_config, manifest["class_names"], int(manifest["ignore_label"]),
                progress, watchdog.arm if watchdog else (lambda what: None), log)
-    try:
-        return _train(run, class_weights, on_progress)
-    except CLUSTER_ERRORS as e:
-        if workers == 1:
-            raise
-        raise WorkerLostError(
-            f"Lost contact with another worker ({error_line(e)}). {progress}Restart every worker with "
-            "the same command; training resumes from the last checkpoint."
-        ) from e
-    finally:
-        if watchdog:
-            watchdog.close()
+    return run, class_weights, watchdog
 
 
 def _build(run: _Run):

@@ -1,4 +1,5 @@
-"""The training ``model_dir``: checks before training, and writes that report their failure.
+"""The training ``model_dir``: the run's ``model_config.json``, checks before training, and
+writes that report their failure.
 
 Every write into ``model_dir`` goes through :func:`writing`, so a full disk or a lost
 permission ends the run with a :class:`ModelDirWriteError` naming the path, the step and
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from keras_seg.checkpoints import error_line, read_model_config, write_model_config
 from keras_seg.data.preprocess import DEFAULT as DEFAULT_PREPROCESSING
+from keras_seg.data.preprocess import preprocessing_for
 from keras_seg.fileio import atomic_write_text
 from keras_seg.layout import ModelDir
 from keras_seg.options import TrainConfig
@@ -24,6 +26,21 @@ from keras_seg.options import TrainConfig
 
 class ModelDirWriteError(OSError):
     """``model_dir`` cannot be written: read-only, missing permissions or a full disk."""
+
+
+def make_model_config(cfg: TrainConfig, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``model_config.json`` of a run: what evaluate, predict and export rebuild from."""
+    return {
+        "model": cfg.model, "num_classes": cfg.num_classes,
+        "model_options": {k: v for k, v in cfg.model_options.items() if k != "aux_outputs"},
+        "class_names": manifest["class_names"], "palette": manifest["palette"],
+        "ignore_label": int(manifest["ignore_label"]),
+        "dataset": manifest.get("dataset", ""), "data_dir": os.path.abspath(cfg.data_dir),
+        "crop_size": list(cfg.crop_size), "train_split": cfg.train_split,
+        "mixed_precision": cfg.mixed_precision,
+        "preprocessing": preprocessing_for(cfg.model_options, cfg.preprocessing),
+        "eval_scales": [float(v) for v in cfg.eval_scales],
+    }
 
 
 def check_writable(model_dir: str) -> None:

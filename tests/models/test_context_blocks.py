@@ -26,9 +26,14 @@ def _numpy_adaptive_avg_pool(x, bins):
 @pytest.mark.parametrize("bins", [1, 2, 3, 6])
 @pytest.mark.parametrize("hw", [(60, 60), (33, 47), (7, 13), (4, 5), (1, 1)])
 def test_adaptive_avg_pool_matches_numpy_reference(bins, hw):
+    """Both forms: slices and means at a static size, averaging matrices at a dynamic one."""
     x = np.random.default_rng(sum(hw) + bins).normal(size=(2, *hw, 3)).astype("float32")
-    got = AdaptiveAvgPool2D(bins)(x)
-    np.testing.assert_allclose(np.asarray(got), _numpy_adaptive_avg_pool(x, bins), rtol=1e-5, atol=1e-6)
+    layer = AdaptiveAvgPool2D(bins)
+    static = layer(x)  # eager: the size is known
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])(x)
+    ref = _numpy_adaptive_avg_pool(x, bins)
+    np.testing.assert_allclose(np.asarray(static), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dynamic), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_adaptive_avg_pool_rejects_bad_bins():
@@ -68,3 +73,20 @@ def test_aspp_branch_names_and_widths():
     assert model.get_layer("aspp_concat").output.shape[-1] == 5 * 4
     assert model.get_layer("aspp_r18_conv").dilation_rate == (18, 18)
     assert out.shape[-1] == 4
+
+
+def test_pspnet_at_a_static_size_converts_with_from_keras_model():
+    """The converter users reach for first: a PSPNet built for one input shape (issue: its
+    matrix-product pooling failed with "BytesRequired number of elements overflowed")."""
+    import keras_seg
+
+    model = keras_seg.build_model("pspnet", 5, input_shape=(48, 64, 3), **keras_seg.tiny_options("pspnet"))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interp = Interpreter(model_content=converter.convert())
+    interp.allocate_tensors()
+    x = np.random.default_rng(0).normal(size=(1, 48, 64, 3)).astype("float32")
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)

@@ -80,6 +80,19 @@ def test_builtin_tflite_matches_keras(name):
     np.testing.assert_allclose(run_tflite(blob, x), model.predict_on_batch(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", keras_seg.list_models())
+def test_from_keras_model_at_a_static_size_matches_keras(name):
+    """The standard path, ``TFLiteConverter.from_keras_model``, on a model built for one input size."""
+    import tensorflow as tf
+
+    model = _tiny(name, input_shape=(40, 56, 3))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    x = np.random.default_rng(3).normal(size=(1, 40, 56, 3)).astype("float32")
+    np.testing.assert_allclose(run_tflite(converter.convert(), x), model.predict_on_batch(x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", keras_seg.list_models())
 def test_unknown_option_is_refused(name):
     with pytest.raises(ValueError, match="Accepted options"):

@@ -170,3 +170,30 @@ def test_imagenet_download_failure_gives_a_clear_message(monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(ValueError, match="Could not download the ImageNet weights of resnet50.*network"):
         load_resnet_weights(None, "resnet50", "imagenet")
+
+
+def test_backbone_registry_one_interface_for_every_encoder():
+    """Builders pick encoders by name from one registry: features by stride, checks, weights."""
+    from keras_seg.models.backbones import get_backbone, list_backbones
+
+    assert list_backbones() == ["resnet101", "resnet18", "resnet34", "resnet50", "vgg16"]
+    assert list_backbones("resnet") == ["resnet101", "resnet18", "resnet34", "resnet50"]
+    x = keras.Input((64, 64, 3))
+    tiny = dict(blocks=(1, 1, 1, 1), width=8)
+    for stride, expected in ((32, [2, 4, 8, 16, 32]), (8, [2, 4, 8])):
+        feats = get_backbone("resnet18").features(x, output_stride=stride, **tiny)
+        assert sorted(feats) == expected
+        assert feats[stride].shape[1:] == (64 // stride, 64 // stride, 8 * 8)  # stage 5: width * 2**3
+    feats = get_backbone("vgg16").features(x, blocks=((4, 1), (4, 1)))
+    assert sorted(feats) == [2, 4] and feats[4].shape[1:] == (16, 16, 4)
+    with pytest.raises(ValueError, match=r"backbone must be a resnet backbone, one of \['resnet101'.*"
+                                         r"Received: backbone='vgg16'"):
+        get_backbone("vgg16", family="resnet")
+    with pytest.raises(ValueError, match=r"Did you mean \['resnet50'"):
+        get_backbone("resnet05")
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+        get_backbone("resnet50").check(output_stride=4)
+    with pytest.raises(ValueError, match="No ImageNet weights are published for resnet18"):
+        get_backbone("resnet18").check(weights="imagenet")
+    assert get_backbone("resnet50").imagenet and not get_backbone("resnet34").imagenet
+    assert get_backbone("resnet18").load_weights("model", None) == "model"  # None: nothing to load

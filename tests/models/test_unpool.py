@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_seg.benchmark.litert_ops import delegation
+from benchmarks.litert_ops import delegation
 from keras_seg.models.blocks import LocalResponseNorm, MaxPoolingWithArgmax2D, MaxUnpooling2D
 from tests.tflite_utils import convert_builtin_only, run_tflite
 

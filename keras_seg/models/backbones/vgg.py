@@ -75,6 +75,34 @@ def _vgg_conv(x, filters: int, name: str, use_bn: bool, padding: str = "same", d
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
+def _check_vgg_options(blocks, pooling, conv1_pad, output_stride, pool_dropout, pre_pool):
+    """Validates :func:`vgg16_features`' options; returns ``(blocks, output_stride, pool_dropout)`` resolved."""
+    blocks = check_vgg_blocks(blocks)
+    if pooling not in _POOLINGS:
+        raise ValueError(f"pooling must be one of {_POOLINGS}. Received: pooling={pooling!r}")
+    if isinstance(conv1_pad, bool) or not isinstance(conv1_pad, int) or conv1_pad < 0:
+        raise ValueError(f"conv1_pad must be an int >= 0. Received: conv1_pad={conv1_pad!r}")
+    full_stride = 2 ** len(blocks)
+    if output_stride is None:
+        output_stride = full_stride
+    valid_strides = [2**k for k in range(len(blocks) + 1)]
+    if output_stride not in valid_strides or (output_stride != full_stride and pooling != "caffe3x3"):
+        raise ValueError(
+            f"output_stride must be a power of two up to {full_stride}, below it only with "
+            f"pooling='caffe3x3'. Received: output_stride={output_stride!r}"
+        )
+    pool_dropout = dict(pool_dropout or {})
+    for block, rate in pool_dropout.items():
+        if block not in range(1, len(blocks) + 1) or not 0.0 <= float(rate) < 1.0:
+            raise ValueError(
+                "pool_dropout maps block indices (1-based) to rates in [0, 1). "
+                f"Received: pool_dropout={pool_dropout!r}"
+            )
+    if pre_pool and pooling == "argmax":
+        raise ValueError("pre_pool is not available with pooling='argmax'. Received: pre_pool=True")
+    return blocks, output_stride, pool_dropout
+
+
 def vgg16_features(
     inputs,
     *,
@@ -129,29 +157,8 @@ def vgg16_features(
     Raises:
       ValueError: for an invalid option.
     """
-    blocks = check_vgg_blocks(blocks)
-    if pooling not in _POOLINGS:
-        raise ValueError(f"pooling must be one of {_POOLINGS}. Received: pooling={pooling!r}")
-    if isinstance(conv1_pad, bool) or not isinstance(conv1_pad, int) or conv1_pad < 0:
-        raise ValueError(f"conv1_pad must be an int >= 0. Received: conv1_pad={conv1_pad!r}")
-    full_stride = 2 ** len(blocks)
-    if output_stride is None:
-        output_stride = full_stride
-    valid_strides = [2**k for k in range(len(blocks) + 1)]
-    if output_stride not in valid_strides or (output_stride != full_stride and pooling != "caffe3x3"):
-        raise ValueError(
-            f"output_stride must be a power of two up to {full_stride}, below it only with "
-            f"pooling='caffe3x3'. Received: output_stride={output_stride!r}"
-        )
-    pool_dropout = dict(pool_dropout or {})
-    for block, rate in pool_dropout.items():
-        if block not in range(1, len(blocks) + 1) or not 0.0 <= float(rate) < 1.0:
-            raise ValueError(
-                "pool_dropout maps block indices (1-based) to rates in [0, 1). "
-                f"Received: pool_dropout={pool_dropout!r}"
-            )
-    if pre_pool and pooling == "argmax":
-        raise ValueError("pre_pool is not available with pooling='argmax'. Received: pre_pool=True")
+    blocks, output_stride, pool_dropout = _check_vgg_options(blocks, pooling, conv1_pad, output_stride,
+                                                             pool_dropout, pre_pool)
 
     x = inputs
     features: Dict[int, tf.Tensor] = {}

@@ -1,6 +1,6 @@
 """Markdown tables and the sections of ``benchmarks/RESULTS.md``.
 
-RESULTS.md is written by several commands (``python -m keras_seg.benchmark``,
+RESULTS.md is written by several commands (``python -m benchmarks``,
 ``python benchmarks/compare_torch.py``); each owns named sections delimited by
 ``<!-- begin NAME -->`` / ``<!-- end NAME -->`` and rewrites only those, so one run never
 erases another's results. Writes go to a temporary file that is renamed over the original.
@@ -45,7 +45,7 @@ def ratio(a: Optional[float], b: Optional[float], spec: str = ".2f") -> str:
 
 
 def machine_header(info: Mapping[str, Any]) -> str:
-    """A bullet list of the machine facts from :func:`keras_seg.benchmark.timing.machine_info`."""
+    """A bullet list of the machine facts from :func:`benchmarks.timing.machine_info`."""
     return "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
@@ -118,9 +118,14 @@ _NOT_COMPARED = ("workdir", "learning_rate")
 _DEFAULTS = {"mixed_precision": "float32"}
 
 
+# Settings renamed later (issue 16's --batch_size vocabulary): old name -> new name.
+_RENAMED = {"infer_batch": "infer_batch_size", "train_batch": "train_batch_size"}
+
+
 def same_settings(a: dict, b: dict) -> bool:
     """Whether two model specs measure the same thing (``_NOT_COMPARED`` left out)."""
     def keep(d):
+        d = {_RENAMED.get(k, k): v for k, v in d.items()}
         return {k: v for k, v in {**_DEFAULTS, **d}.items() if k not in _NOT_COMPARED}
     return keep(a) == keep(b)
 
@@ -143,7 +148,7 @@ def script_section(title: str, how: str, headers: Sequence[str], rows: Sequence[
                    results: str = "", align: Optional[str] = None) -> str:
     """The Markdown section of a stand-alone script in ``benchmarks/``: a ``###`` title, how it was
     run, the machine and the table. Printed, and appended to ``results`` unless that is ``''``."""
-    from keras_seg.benchmark.timing import machine_info  # pylint: disable=import-outside-toplevel
+    from benchmarks.timing import machine_info  # pylint: disable=import-outside-toplevel
 
     text = "\n\n".join([f"### {title}", how, machine_header(machine_info()), markdown_table(headers, rows, align)]) + "\n"
     print(text)

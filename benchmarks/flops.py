@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 
 import tensorflow as tf
 
-from keras_seg.benchmark.timing import time_calls
+from benchmarks.timing import time_calls
 
 #: Training FLOPs per image as a multiple of the forward FLOPs.
 TRAIN_FLOPS_FACTOR = 3

@@ -1,11 +1,11 @@
 r"""Training at the sizes users train at: each shipped config's own crop and batch size.
 
-    python -m keras_seg.benchmark --sections=realsize          # the RESULTS.md section
-    python -m keras_seg.benchmark.realsize --flagfile=configs/enet_camvid.cfg --data_dir=D \
+    python -m benchmarks --sections=realsize          # the RESULTS.md section
+    python -m benchmarks.realsize --flagfile=configs/enet_camvid.cfg --data_dir=D \
         --model_dir=M --train_steps=12 --log_every=3 --output=result.json   # one child
 
 The parent writes a CamVid-like dataset (360x480 synthetic street scenes, 11 classes, see
-:func:`keras_seg.benchmark.pipeline.make_camvid_like`) and the built-in shapes dataset, then
+:func:`benchmarks.pipeline_data.make_camvid_like`) and the built-in shapes dataset, then
 runs the real trainer (:func:`keras_seg.training.train`, the code ``python -m
 keras_seg.train`` runs) once per config and variant, each in a process of its own, so the
 allocator setting of ``keras_seg._alloc`` (read at import) differs between them. The
@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import REPO  # noqa: E402  (configs are relative to it; children run from it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ def summarize(samples: Sequence[Dict[str, Any]], batch_size: int) -> Dict[str, A
 
 
 def child_main(argv: List[str]) -> None:
-    """``python -m keras_seg.benchmark.realsize``: trains one config and writes ``--output``."""
+    """``python -m benchmarks.realsize``: trains one config and writes ``--output``."""
     from absl import flags  # pylint: disable=import-outside-toplevel
 
     from keras_seg import _alloc  # pylint: disable=import-outside-toplevel
@@ -138,7 +138,7 @@ def make_datasets(root: str, log: Callable[[str], None]) -> Dict[str, str]:
     """The CamVid-like and shapes datasets under ``root``; returns ``{dataset: tfrecord_dir}``."""
     from data_prep import shapes  # pylint: disable=import-outside-toplevel
     from data_prep.folder import convert_folder  # pylint: disable=import-outside-toplevel
-    from keras_seg.benchmark.pipeline import make_camvid_like  # pylint: disable=import-outside-toplevel
+    from benchmarks.pipeline_data import make_camvid_like  # pylint: disable=import-outside-toplevel
 
     _, camvid = make_camvid_like(os.path.join(root, "camvid"), n_train=30, log=log)
     raw = os.path.join(root, "shapes_raw")
@@ -157,7 +157,7 @@ def run_case(case: Case, variant: str, data_dir: str, workdir: str, log: Callabl
     steps = case.log_every * (1 + case.windows)
     # A model_dir left by an earlier, interrupted run would resume (and train nothing).
     shutil.rmtree(model_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "keras_seg.benchmark.realsize", f"--flagfile={case.config}",
+    cmd = [sys.executable, "-m", "benchmarks.realsize", f"--flagfile={case.config}",
            f"--data_dir={data_dir}", f"--model_dir={model_dir}", f"--train_steps={steps}",
            f"--log_every={case.log_every}", "--eval_split=", f"--checkpoint_every={steps}", "--keep_checkpoints=1",
            "--warmup_steps=0", f"--output={output}", *VARIANTS[variant]["flags"]]
@@ -202,7 +202,7 @@ def run_realsize(workdir: str, log: Callable[[str], None], rounds: int = 1,
 
 
 def _machine_line(started) -> str:
-    from keras_seg.benchmark.timing import cpu_flags, cpu_model, usable_cpus  # pylint: disable=import-outside-toplevel
+    from benchmarks.timing import cpu_flags, cpu_model, usable_cpus  # pylint: disable=import-outside-toplevel
 
     isa = [f for f in ("avx512_bf16", "avx512f", "avx2") if f in cpu_flags()]
     load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -220,7 +220,7 @@ def _median(values: Sequence[float]) -> Optional[float]:
 
 def realsize_section(raw: Dict[str, Any]) -> str:
     """The ``realsize`` section of RESULTS.md from :func:`run_realsize`'s result."""
-    from keras_seg.benchmark.report import fmt, markdown_table, ratio  # pylint: disable=import-outside-toplevel
+    from benchmarks.report import fmt, markdown_table, ratio  # pylint: disable=import-outside-toplevel
 
     rows, ratio_rows = [], []
     for case in raw["cases"]:
@@ -250,7 +250,7 @@ def realsize_section(raw: Dict[str, Any]) -> str:
                "minor faults/step"]
     return "\n".join([
         "## Training at real sizes (each config's crop and batch)", "",
-        "`python -m keras_seg.benchmark --sections=realsize`: the real trainer (`keras_seg.training.train`) "
+        "`python -m benchmarks --sections=realsize`: the real trainer (`keras_seg.training.train`) "
         "on CamVid-like synthetic 360x480 data (and the demo's shapes), one process per config and variant, "
         f"{raw['rounds']} round(s), variants alternating. `before`: `KERAS_SEG_ALLOCATOR=system "
         "KERAS_SEG_FUSED_BATCH_NORM=0 --steps_per_loop=1 --nojit_compile`; `after`: the shipped config with today's defaults; `after_xla`: that with "
