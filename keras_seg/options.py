@@ -222,6 +222,13 @@ class TrainConfig:
     model_options: Dict[str, Any] = option(
         {}, "Builder option key=value (repeatable); value is a Python literal or a string.", kind="multi_string",
         flag="model_opt", parse=parse_model_opts, flag_default=[], check=_model_options_ok)
+    init_from: str = option(
+        "", "Start this run from the model weights of another run: its model_dir (same --model, --num_classes and "
+        "--model_opt). Only the weights are read; the optimizer, the step and the learning-rate schedule start "
+        "afresh, e.g. to fine-tune at full resolution after training on half-resolution crops. Ignored once "
+        "--model_dir has a checkpoint of its own (the run then resumes from it).", kind="string")
+    init_checkpoint: str = option("latest", "With --init_from: latest, best or a checkpoint path prefix.",
+                                  kind="string")
     train_split: str = option("train", "Split to train on.")
     eval_split: str = option("val", "Split to evaluate on ('' for none).")
     crop_size: Tuple[int, int] = option((256, 256), "Training crop H,W.", parse=parse_crop_size, flag_default=["256", "256"],

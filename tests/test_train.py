@@ -202,3 +202,38 @@ def test_logged_learning_rate_is_the_one_the_logged_step_used(data_dir, tmp_path
 
     logged = {s: v for s, _, v in curves(str(tmp_path / "lr"))["train"]["learning_rate"]}
     np.testing.assert_allclose([logged[k] for k in (1, 2, 3, 4)], got, rtol=1e-6)
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(data_dir, tmp_path):
+    plain = dict(TINY, batch_norm=False)  # no moving statistics: only the optimizer moves the weights
+    train(_cfg(data_dir, tmp_path / "src", model_options=plain, train_steps=3), log=lambda m: None)
+    src, _, _ = load_trained_model(str(tmp_path / "src"))
+    # A step at a negligible rate leaves the initial weights: those of the source run with
+    # --init_from, a fresh initialisation without it.
+    tiny_step = dict(model_options=plain, train_steps=1, warmup_steps=0, learning_rate=1e-12)
+    logs = []
+    res = train(_cfg(data_dir, tmp_path / "ft", init_from=str(tmp_path / "src"), **tiny_step), log=logs.append)
+    assert res.step == 1  # the step and schedule start afresh
+    assert any(l.startswith("Initialised the model from") and "ckpt-3" in l for l in logs)
+    train(_cfg(data_dir, tmp_path / "fresh", **tiny_step), log=lambda m: None)
+    ft, config, _ = load_trained_model(str(tmp_path / "ft"))
+    fresh, _, _ = load_trained_model(str(tmp_path / "fresh"))
+    assert config["init_from"] == str(tmp_path / "src") and config["init_checkpoint"] == "latest"
+    for x, y in zip(src.get_weights(), ft.get_weights()):
+        np.testing.assert_allclose(x, y, atol=1e-7)
+    assert max(np.abs(x - y).max() for x, y in zip(src.get_weights(), fresh.get_weights())) > 1e-3
+
+    # Once the run has its own checkpoint it resumes from it, and --init_from is not read again.
+    logs = []
+    train(_cfg(data_dir, tmp_path / "ft", init_from=str(tmp_path / "src"), **dict(tiny_step, train_steps=2)),
+          log=logs.append)
+    assert any("Resumed from" in l for l in logs) and not any("Initialised" in l for l in logs)
+
+    with pytest.raises(CheckpointError, match=r"--init_from=.*src holds a run with model_options"):
+        train(_cfg(data_dir, tmp_path / "other", init_from=str(tmp_path / "src"), train_steps=1), log=lambda m: None)
+    with pytest.raises(CheckpointError, match=r"ckpt-99' not found"):
+        train(_cfg(data_dir, tmp_path / "other2", init_from=str(tmp_path / "src"),
+                   init_checkpoint=str(tmp_path / "src/ckpt/ckpt-99"),
+                    **tiny_step), log=lambda m: None)
+    with pytest.raises(CheckpointError, match="is not a keras_seg training directory"):
+        train(_cfg(data_dir, tmp_path / "other3", init_from=str(tmp_path / "nowhere"), **tiny_step), log=lambda m: None)

@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_seg.checkpoints import remove_partial_writes, restore_newest, set_aside_checkpoints
+from keras_seg.checkpoints import (CheckpointError, error_line, find_checkpoint, read_model_config, remove_partial_writes,
+                                  restore_newest, set_aside_checkpoints)
 from keras_seg.distribute import num_workers, sum_over_workers, worker_index
 from keras_seg.layout import ModelDir
 from keras_seg.options import TrainConfig
@@ -131,6 +132,35 @@ class RunCheckpoints:
             (self._ckpt if kind == "latest" else self._best).write(os.path.join(self.tmp_dir, f"ckpt-{step}"))
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         return target
+
+
+def init_model_from(cfg: TrainConfig, model: keras.Model, model_config: Dict, log: Callable[[str], None]) -> str:
+    """Reads the model weights of ``cfg.init_checkpoint`` in the run ``cfg.init_from``; returns its path.
+
+    Only the model is read (the optimizer, step and RNG state stay fresh). The source run must
+    have the same model, classes and model options, or the weights would not mean the same.
+
+    Raises:
+      CheckpointError: the source is not a training run, has no such checkpoint, is of another
+        model, or its weights do not fit this model.
+    """
+    source = read_model_config(cfg.init_from)
+    for key in ("model", "num_classes", "model_options"):
+        if source.get(key) != model_config[key]:
+            raise CheckpointError(
+                f"--init_from={cfg.init_from} holds a run with {key}={source.get(key)!r}, but this run has "
+                f"{key}={model_config[key]!r}. Initialise from a run of the same model, or drop --init_from."
+            )
+    path = find_checkpoint(cfg.init_from, cfg.init_checkpoint)
+    try:
+        status = tf.train.Checkpoint(model=model).read(path)
+        status.expect_partial()  # the source's optimizer and RNG state are not wanted
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
+        raise CheckpointError(f"--init_from checkpoint {path} cannot be read into {cfg.model}: {error_line(e)}. "
+                              "Is it complete? Choose another --init_checkpoint.") from e
+    log(f"Initialised the model from {path} (weights only; the optimizer and step start at 0).")
+    return path
 
 
 def check_same_step(strategy: tf.distribute.Strategy, step: int, ckpt_dir: str) -> None:

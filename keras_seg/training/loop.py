@@ -36,7 +36,7 @@ from keras_seg.inference import InferenceConfig
 from keras_seg.layout import ModelDir
 from keras_seg.options import TrainConfig
 from keras_seg.registry import get_spec
-from keras_seg.training.checkpointing import Progress, RunCheckpoints, check_same_step
+from keras_seg.training.checkpointing import Progress, RunCheckpoints, check_same_step, init_model_from
 from keras_seg.training.evaluation import evaluate, scores_to_json, write_eval_images
 from keras_seg.training.model_dir import check_free_space, check_writable, make_model_config, prepare_model_dir, writing
 from keras_seg.training.schedule import PolyWithWarmup, make_optimizer
@@ -186,6 +186,8 @@ def _build(run: _Run):
     run.progress.last_checkpoint = restored
     if restored:
         run.log(f"Resumed from {restored} at step {run.progress.step}.")
+    elif cfg.init_from:
+        init_model_from(cfg, model, run.model_config, run.log)
     if run.workers > 1:
         check_same_step(run.strategy, run.progress.step, checkpoints.latest_dir)
     return model, optimizer, checkpoints

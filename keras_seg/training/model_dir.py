@@ -40,6 +40,7 @@ def make_model_config(cfg: TrainConfig, manifest: Dict[str, Any]) -> Dict[str, A
         "mixed_precision": cfg.mixed_precision,
         "preprocessing": preprocessing_for(cfg.model_options, cfg.preprocessing),
         "eval_scales": [float(v) for v in cfg.eval_scales],
+        **({"init_from": os.path.abspath(cfg.init_from), "init_checkpoint": cfg.init_checkpoint} if cfg.init_from else {}),
     }
 
 
