@@ -4,6 +4,8 @@ Every converter (folder, camvid, cityscapes, voc, isbi) describes its examples a
 :class:`Item` s and a picklable ``load`` function; this module validates each example,
 writes size-bounded shards in parallel worker processes and swaps the finished dataset into
 ``--out`` only when everything succeeded, so a failed run leaves nothing half-written.
+What a record holds and what the manifest counts is the dataset info's codec: semantic
+labels in :mod:`data_prep.semantic_codec`, instances in :mod:`data_prep.instances`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from data_prep.images import DataError, encode_png
+from data_prep.images import DataError
 
-__all__ = ["Item", "Loaded", "DatasetInfo", "write_dataset", "ConversionError", "default_palette"]
+__all__ = ["Item", "Loaded", "Instances", "DatasetInfo", "write_dataset", "ConversionError", "default_palette"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Item:
     mask_path: str
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     size_hint: int = 0  # bytes, for shard sizing
+    # What ``load`` needs beyond the paths (e.g. one image's COCO annotations); not recorded.
+    payload: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass
@@ -43,8 +47,24 @@ class Loaded:
     image_format: str
     height: int
     width: int
-    label: np.ndarray  # uint8 (H, W) class ids, ignore label included
+    label: Optional[np.ndarray] = None  # uint8 (H, W) class ids, ignore label included (semantic)
     weight: Optional[np.ndarray] = None  # float32 (H, W) or None
+    instances: Optional["Instances"] = None  # instance datasets (data_prep.instances)
+
+
+@dataclasses.dataclass
+class Instances:
+    """The objects of one image, in record order, for instance datasets.
+
+    Attributes:
+      classes: int ``(N,)`` classes ``1..K``.
+      masks: uint8 or bool ``(N, H, W)`` full-image masks, values 0/1; may overlap.
+      is_crowd: int ``(N,)`` 1 for crowd or group regions, else 0.
+    """
+
+    classes: np.ndarray
+    masks: np.ndarray
+    is_crowd: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +97,13 @@ class DatasetInfo:
                 f"(num_classes={self.num_classes}); use a value >= num_classes, e.g. 255."
             )
 
+    def codec(self):
+        """How :func:`write_dataset` encodes, checks and counts this dataset's examples: a
+        :class:`data_prep.semantic_codec.SemanticCodec`."""
+        from data_prep.semantic_codec import SemanticCodec  # pylint: disable=import-outside-toplevel
+
+        return SemanticCodec(self)
+
 
 class ConversionError(ValueError):
     """Raised when any example failed; lists every problem found, with its file."""
@@ -97,83 +124,27 @@ def default_palette(n: int) -> List[List[int]]:
     return out
 
 
-def _check_label(item: Item, loaded: Loaded, info: DatasetInfo) -> None:
-    lab = loaded.label
-    if lab.shape != (loaded.height, loaded.width):
-        raise DataError(
-            item.mask_path,
-            f"mask size {lab.shape[1]}x{lab.shape[0]} (WxH) differs from its image "
-            f"{item.image_path} at {loaded.width}x{loaded.height}.",
-            "masks must be pixel-aligned with their images; re-export the mask at the image size.",
-        )
-    bad = (lab >= info.num_classes) & (lab != info.ignore_label)
-    if bad.any():
-        vals = sorted(int(v) for v in np.unique(lab[bad]))[:10]
-        raise DataError(
-            item.mask_path,
-            f"mask values {vals} are outside [0, {info.num_classes}) and not the ignore label "
-            f"{info.ignore_label}.",
-            "check --num_classes / --ignore_label, or remap these values.",
-        )
-    if loaded.weight is not None:
-        w = loaded.weight
-        if w.shape != lab.shape or not np.all(np.isfinite(w)) or (w < 0).any():
-            raise DataError(item.mask_path, "the computed weight map is not finite, non-negative and of the mask's size.")
-
-
 def _write_shard(task) -> Dict[str, Any]:
     """Worker: converts one shard's items into ``tmp_path``; returns stats and errors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # keras_seg first: its import sets up the allocator (keras_seg._alloc) before TensorFlow.
-    from keras_seg.data.features import make_example  # pylint: disable=import-outside-toplevel
+    import keras_seg.data.features  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    items, load, info, tmp_path = task
-    n = info.num_classes
-    counts = np.zeros(n, np.int64)
-    present = np.zeros(n, np.int64)
-    ignored = 0
+    items, load, codec, tmp_path = task
+    stats = codec.new_stats()
     errors: List[str] = []
     written = 0
-    has_weights = None
     with tf.io.TFRecordWriter(tmp_path) as writer:
         for item in items:
             try:
-                loaded = load(item)
-                _check_label(item, loaded, info)
+                record = codec.encode(item, load(item), stats)
             except DataError as e:
                 errors.append(str(e))
                 continue
-            if has_weights is None:
-                has_weights = loaded.weight is not None
-            elif has_weights != (loaded.weight is not None):
-                errors.append(f"{item.mask_path}: some examples have weight maps and some do not.")
-                continue
-            hist = np.bincount(loaded.label.ravel(), minlength=256)
-            c = hist[:n]
-            counts += c
-            present += np.where(c > 0, loaded.label.size, 0)
-            ignored += int(hist[info.ignore_label]) if info.ignore_label >= n else 0
-            ex = make_example(
-                image=loaded.image,
-                image_format=loaded.image_format,
-                height=loaded.height,
-                width=loaded.width,
-                label_png=encode_png(loaded.label),
-                key=item.key,
-                meta=item.meta,
-                weight=loaded.weight,
-            )
-            writer.write(ex.SerializeToString(deterministic=True))  # sorted map keys: same bytes every run
+            writer.write(record)
             written += 1
-    return {
-        "counts": counts,
-        "present": present,
-        "ignored": ignored,
-        "errors": errors,
-        "written": written,
-        "has_weights": bool(has_weights),
-    }
+    return {"stats": stats, "errors": errors, "written": written}
 
 
 def _plan_shards(items: Sequence[Item], shard_bytes: int) -> List[List[Item]]:
@@ -209,7 +180,9 @@ def write_dataset(
       out_dir: destination directory; it must not hold a dataset unless ``overwrite``.
       splits: ``{split_name: items}``; items are written in the given order.
       load: picklable function ``Item -> Loaded`` raising :class:`DataError` on bad input.
-      info: dataset-level facts.
+      info: dataset-level facts: a :class:`DatasetInfo` (semantic records) or
+        ``data_prep.instances.InstanceInfo`` (instance records); ``info.codec()`` encodes,
+        checks and counts the examples and builds the manifest (see :class:`data_prep.semantic_codec.SemanticCodec`).
       workers: parallel worker processes (default: all cores).
       shard_bytes: approximate upper bound of one shard's size, from ``Item.size_hint``.
       overwrite: replace an existing dataset in ``out_dir``.
@@ -223,11 +196,11 @@ def write_dataset(
       ConversionError: listing every bad file; ``out_dir`` is then left untouched.
       FileExistsError: ``out_dir`` holds a dataset and ``overwrite`` is False.
     """
-    from keras_seg.data.features import MANIFEST, FORMAT_VERSION, shard_name  # pylint: disable=import-outside-toplevel
-    from keras_seg.data.manifest import enet_weights, median_frequency_weights  # pylint: disable=import-outside-toplevel
+    from keras_seg.data.features import MANIFEST, shard_name  # pylint: disable=import-outside-toplevel
     from keras_seg.fileio import atomic_write_json  # pylint: disable=import-outside-toplevel
 
-    info.validate()
+    codec = info.codec()
+    codec.validate()
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(
@@ -252,7 +225,7 @@ def write_dataset(
             shards = _plan_shards(list(items), shard_bytes)
             for i, shard_items in enumerate(shards):
                 name = shard_name(split, i, len(shards))
-                tasks.append((shard_items, load, info, os.path.join(staging, name + ".tmp")))
+                tasks.append((shard_items, load, codec, os.path.join(staging, name + ".tmp")))
                 where.append((split, name, len(shard_items)))
         total = sum(n for _, _, n in where)
         procs = min(workers, len(tasks))
@@ -290,41 +263,24 @@ def write_dataset(
                 f"{len(errors)} example(s) could not be converted; nothing was written to "
                 f"{out_dir}:\n  {shown}{more}"
             )
-        manifest: Dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "dataset": info.name,
-            "num_classes": info.num_classes,
-            "class_names": list(info.class_names),
-            "ignore_label": info.ignore_label,
-            "palette": [list(map(int, c)) for c in info.palette],
-            "splits": {},
-        }
-        if extra_manifest:
-            manifest.update(extra_manifest)
+        split_entries: Dict[str, Dict[str, Any]] = {}
         for split in splits:
             idx = [i for i, (s, _, _) in enumerate(where) if s == split]
-            counts = sum(results[i]["counts"] for i in idx)
-            present = sum(results[i]["present"] for i in idx)
-            flags = {results[i]["has_weights"] for i in idx}
-            if len(flags) != 1:
-                raise ConversionError(f"split {split!r}: some shards have weight maps and some do not.")
-            manifest["splits"][split] = {
-                "num_examples": int(sum(results[i]["written"] for i in idx)),
-                "files": [where[i][1] for i in idx],
-                "pixel_counts": [int(v) for v in counts],
-                "ignored_pixels": int(sum(results[i]["ignored"] for i in idx)),
-                "present_pixel_counts": [int(v) for v in present],
-                "has_weights": flags.pop(),
-            }
+            try:
+                entry = codec.split_manifest([results[i]["stats"] for i in idx], [results[i]["written"] for i in idx])
+            except ConversionError as e:
+                raise ConversionError(f"split {split!r}: {e}") from e
+            split_entries[split] = {"num_examples": entry.pop("num_examples"), "files": [where[i][1] for i in idx],
+                                    **entry}
             for i in idx:
                 os.replace(tasks[i][3], os.path.join(staging, where[i][1]))
-        base = "train" if "train" in manifest["splits"] else next(iter(manifest["splits"]))
-        b = manifest["splits"][base]
-        manifest["class_weights"] = {
-            "computed_from": base,
-            "median_frequency": [round(w, 6) for w in median_frequency_weights(b["pixel_counts"], b["present_pixel_counts"])],
-            "enet": [round(w, 6) for w in enet_weights(b["pixel_counts"])],
-        }
+        manifest: Dict[str, Any] = codec.manifest(split_entries)
+        if extra_manifest:
+            # The source description goes before "splits", where it always was.
+            ordered = {k: v for k, v in manifest.items() if k != "splits" and k != "class_weights"}
+            ordered.update(extra_manifest)
+            ordered.update({k: v for k, v in manifest.items() if k not in ordered})
+            manifest = ordered
         atomic_write_json(os.path.join(staging, MANIFEST), manifest)
         # Swap the finished dataset into place.
         old = None

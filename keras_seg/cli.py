@@ -49,6 +49,11 @@ DATASETS: Dict[str, str] = {
     "isbi": "data_prep.isbi",
     "folder": "data_prep.folder",
     "shapes": "data_prep.shapes",
+    # Instance segmentation (keras_seg.detection.data reads these):
+    "coco": "data_prep.coco",
+    "cityscapes_instances": "data_prep.cityscapes_instances",
+    "voc_instances": "data_prep.voc_instances",
+    "shapes_instances": "data_prep.shapes_instances",
 }
 _FLAGFILE = "--flagfile="
 

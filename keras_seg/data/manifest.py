@@ -21,6 +21,27 @@ Schema (``format_version`` 1)::
       },
       "class_weights": {"computed_from": "train", "median_frequency": [...], "enet": [...]}
     }
+
+Instance datasets (``data_prep.instances``) add ``"task": "instance"``; their ``class_names``
+and ``palette`` describe the object classes ``1..K`` (``num_classes`` is ``K``), there is no
+``ignore_label`` or ``class_weights``, and each split records instance statistics::
+
+    {
+      "format_version": 1, "task": "instance", "dataset": "coco", "num_classes": 80,
+      "class_names": ["person", ...], "palette": [[...], ...],
+      "category_ids": [1, 2, ...],                 # optional: the source ids of classes 1..K
+      "max_instances": 93,                          # most instances (crowd included) of any image
+      "splits": {
+        "val": {
+          "num_examples": 5000, "files": [...], "file_records": [...],   # records per file
+          "num_instances": 36781, "num_crowd": 446,
+          "instance_counts": [...],                 # per class 1..K, crowd excluded
+          "crowd_counts": [...],                    # per class 1..K
+          "max_instances": 93, "max_objects": 63,   # most instances / non-crowd instances per image
+          "images_without_instances": 48
+        }
+      }
+    }
 """
 
 from __future__ import annotations
@@ -30,7 +51,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from keras_seg.data.features import FORMAT_VERSION, MANIFEST
+from keras_seg.data.features import FORMAT_VERSION, MANIFEST, TASK_INSTANCE, TASK_SEMANTIC
 
 __all__ = [
     "load_manifest",
@@ -72,11 +93,16 @@ def enet_weights(pixel_counts: Sequence[int], c: float = 1.02) -> List[float]:
     return [1.0 / math.log(c + n / total) for n in pixel_counts]
 
 
-def load_manifest(data_dir: str) -> Dict:
+def load_manifest(data_dir: str, task: str = TASK_SEMANTIC) -> Dict:
     """Reads and validates ``data_dir/manifest.json``.
 
+    Args:
+      data_dir: directory of a converted dataset.
+      task: the kind of dataset expected, ``"semantic"`` or ``"instance"``.
+
     Raises:
-      ManifestError: naming the file and the problem, with the command that fixes it.
+      ManifestError: naming the file and the problem, with the command that fixes it; also when
+        the dataset is of another task than ``task``.
     """
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.isfile(path):
@@ -94,7 +120,16 @@ def load_manifest(data_dir: str) -> Dict:
             f"{path}: format_version={m.get('format_version')!r}, this keras_seg reads "
             f"{FORMAT_VERSION}. Re-run the data_prep converter."
         )
-    for key in ("num_classes", "class_names", "ignore_label", "palette", "splits"):
+    found = m.get("task", TASK_SEMANTIC)
+    if found != task:
+        reader = ("keras_seg.detection.data.make_instance_dataset" if found == TASK_INSTANCE
+                  else "keras_seg.data.pipeline.make_dataset")
+        raise ManifestError(f"{path}: this is a {found!r} dataset, but a {task!r} one was expected; read it "
+                            f"with {reader}.")
+    required = ("num_classes", "class_names", "palette", "splits")
+    if task == TASK_SEMANTIC:
+        required += ("ignore_label",)
+    for key in required:
         if key not in m:
             raise ManifestError(f"{path}: missing key {key!r}. Re-run the data_prep converter.")
     n = m["num_classes"]
