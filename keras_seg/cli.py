@@ -10,6 +10,11 @@
     keras-seg export --model_dir=runs/x --out=export            # keras_seg.export
     keras-seg benchmark --help                                  # benchmarks (checkout only)
     keras-seg models [NAME]                                     # models, options, weights
+    keras-seg prepare shapes_instances --out_dir=data/shapes_instances   # data_prep.shapes_instances
+    keras-seg detect-train --flagfile=configs/detection/shapes_maskrcnn.cfg  # keras_seg.detection.train
+    keras-seg detect-evaluate --model_dir=runs/shapes_maskrcnn  # keras_seg.detection.evaluate
+    keras-seg detect-predict --model_dir=runs/x --out_dir=p a.png  # keras_seg.detection.predict
+    keras-seg detect-export --model_dir=runs/x --out_dir=e      # keras_seg.detection.export
 
 A subcommand runs its module exactly as ``python -m <module>`` does, with the same flags
 (``keras-seg <command> --help`` lists them), so both spellings stay equivalent. ``benchmark``
@@ -40,6 +45,10 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "benchmark": ("keras_seg.benchmark", "time models and the input pipeline (a source checkout's benchmarks/)"),
     "plot": ("keras_seg.plot", "draw learning curves (loss, learning rate, val mIoU) of training runs"),
     "package": ("keras_seg.pretrained", "package a trained run as shipped weights (the model zoo's last step)"),
+    "detect-train": ("keras_seg.detection.train", "train Mask R-CNN on an instance dataset (configs/detection/*.cfg)"),
+    "detect-evaluate": ("keras_seg.detection.evaluate", "box and mask AP (pycocotools) of a Mask R-CNN model_dir"),
+    "detect-predict": ("keras_seg.detection.predict", "draw the instances Mask R-CNN finds in images, plus JSON"),
+    "detect-export": ("keras_seg.detection.export", "Mask R-CNN SavedModel, builtin-ops TFLite and a parity report"),
 }
 #: ``prepare <dataset>`` -> converter module.
 DATASETS: Dict[str, str] = {

@@ -33,7 +33,7 @@ def test_make_targets_and_configs_exist():
         assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), module
     from keras_seg.cli import COMMANDS, DATASETS  # pylint: disable=import-outside-toplevel
 
-    commands = re.findall(r"keras-seg (\w+)(?: (\w+))?", README)
+    commands = re.findall(r"keras-seg ([\w-]+)(?: (\w+))?", README)
     assert commands
     for command, arg in commands:
         assert command in COMMANDS or command in ("prepare", "models"), command

@@ -136,8 +136,11 @@ def _roi_align_flat(flat: tf.Tensor, base: tf.Tensor, heights: tf.Tensor, widths
             total += values * (wy[..., :, None] * wx[..., None, :])[..., None]
     b, n = _dims(feat_boxes)[:2]
     c = _dims(flat)[1]
-    bins = tf.reshape(total, [b, n, output_size, sampling_ratio, output_size, sampling_ratio, c])
-    return tf.reduce_mean(bins, axis=[3, 5])
+    # The bin means in two low-rank steps (over the samples of a row, then of a column): the
+    # same numbers as one mean over a rank-7 view, which LiteRT's XNNPACK delegate refuses.
+    rows = tf.reduce_mean(tf.reshape(total, [-1, sampling_ratio, output_size, sampling_ratio * c]), axis=1)
+    cells = tf.reduce_mean(tf.reshape(rows, [-1, sampling_ratio, c]), axis=1)
+    return tf.reshape(cells, [b, n, output_size, output_size, c])
 
 
 def _to_feature_coords(boxes: tf.Tensor, scale) -> tf.Tensor:
