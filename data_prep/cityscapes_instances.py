@@ -24,11 +24,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import app, flags
-from PIL import Image, UnidentifiedImageError
 
 from data_prep import cli
 from data_prep.cityscapes import PALETTE as TRAIN_ID_PALETTE, collect_split
-from data_prep.images import DataError, read_image
+from data_prep.images import DataError, read_image, read_png_array
 from data_prep.instances import InstanceInfo, Instances, summary
 from data_prep.writer import Item, Loaded, write_dataset
 
@@ -48,15 +47,7 @@ def read_instance_ids(path: str) -> np.ndarray:
       DataError: missing, undecodable, not single-channel, or holding a value that is neither
         a labelId ``0..33`` nor ``labelId * 1000 + k`` (the message names the first such value).
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.array(im)
-    except FileNotFoundError as e:
-        raise DataError(path, "instanceIds file not found.") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"the instanceIds PNG cannot be decoded ({e}).", "re-extract gtFine_trainvaltest.zip.") from e
+    arr, mode = read_png_array(path, "instanceIds PNG", "re-extract gtFine_trainvaltest.zip.")
     if arr.ndim != 2:
         raise DataError(path, f"the instanceIds image is mode {mode} with shape {arr.shape}; a single-channel "
                         "16-bit PNG was expected.")

@@ -58,6 +58,19 @@ def read_image(path: str) -> Tuple[bytes, str, int, int]:
     return data, fmt, height, width
 
 
+def read_png_array(path: str, what: str, fix: str) -> Tuple[np.ndarray, str]:
+    """Decodes an image file as ``(array, PIL mode)``; :class:`DataError` naming ``path`` and ``what``
+    when it is missing, or with ``fix`` when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im), im.mode
+    except FileNotFoundError as e:
+        raise DataError(path, f"{what} file not found.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"the {what} cannot be decoded ({e}); the file is corrupt or truncated.", fix) from e
+
+
 def read_index_mask(path: str, *, palette_indices: bool = False) -> np.ndarray:
     """Reads a single-channel mask of class indices as ``uint8 (H, W)``.
 
@@ -70,16 +83,7 @@ def read_index_mask(path: str, *, palette_indices: bool = False) -> np.ndarray:
       DataError: unreadable/truncated; RGB or palette masks where indices were expected
         (the message says which and how to convert); values above 255.
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.array(im)
-    except FileNotFoundError as e:
-        raise DataError(path, "mask file not found.") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"the mask cannot be decoded ({e}); the file is corrupt or truncated.",
-                        "re-export this mask.") from e
+    arr, mode = read_png_array(path, "mask", "re-export this mask.")
     if mode == "P" and not palette_indices:
         raise DataError(
             path,

@@ -68,6 +68,19 @@ def _int(v: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
 
 
+def _image_features(image: bytes, image_format: str, height: int, width: int, key: str,
+                    meta: Optional[Mapping]) -> dict:
+    """The features every record has, semantic or instance: the encoded image and its facts."""
+    return {
+        IMAGE: _bytes(image),
+        IMAGE_FORMAT: _bytes(image_format.encode()),
+        HEIGHT: _int(height),
+        WIDTH: _int(width),
+        KEY: _bytes(key.encode()),
+        META: _bytes(json.dumps(dict(meta or {}), sort_keys=True).encode()),
+    }
+
+
 def make_example(
     *,
     image: bytes,
@@ -81,12 +94,7 @@ def make_example(
 ) -> tf.train.Example:
     """Builds one serialisable record; see the module docstring for the layout."""
     feats = {
-        IMAGE: _bytes(image),
-        IMAGE_FORMAT: _bytes(image_format.encode()),
-        HEIGHT: _int(height),
-        WIDTH: _int(width),
-        KEY: _bytes(key.encode()),
-        META: _bytes(json.dumps(dict(meta or {}), sort_keys=True).encode()),
+        **_image_features(image, image_format, height, width, key, meta),
         LABEL: _bytes(label_png),
     }
     if weight is not None:
@@ -140,12 +148,7 @@ def make_instance_example(
             f"{len(is_crowd)} is_crowd flags."
         )
     feats = {
-        IMAGE: _bytes(image),
-        IMAGE_FORMAT: _bytes(image_format.encode()),
-        HEIGHT: _int(height),
-        WIDTH: _int(width),
-        KEY: _bytes(key.encode()),
-        META: _bytes(json.dumps(dict(meta or {}), sort_keys=True).encode()),
+        **_image_features(image, image_format, height, width, key, meta),
         INSTANCE_CLASS: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(c) for c in classes])),
         INSTANCE_MASK: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(mask_pngs))),
         INSTANCE_BOX: tf.train.Feature(float_list=tf.train.FloatList(value=boxes.ravel().tolist())),
