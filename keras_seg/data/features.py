@@ -105,15 +105,22 @@ def make_example(
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
-def parse_spec(with_weights: bool) -> dict:
-    """The ``tf.io.parse_single_example`` spec; ``with_weights`` comes from the manifest."""
-    spec = {
+def _image_spec() -> dict:
+    """The parse spec of :func:`_image_features`, shared by semantic and instance records."""
+    return {
         IMAGE: tf.io.FixedLenFeature([], tf.string),
         IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
         HEIGHT: tf.io.FixedLenFeature([], tf.int64),
         WIDTH: tf.io.FixedLenFeature([], tf.int64),
         KEY: tf.io.FixedLenFeature([], tf.string),
         META: tf.io.FixedLenFeature([], tf.string, default_value=b"{}"),
+    }
+
+
+def parse_spec(with_weights: bool) -> dict:
+    """The ``tf.io.parse_single_example`` spec; ``with_weights`` comes from the manifest."""
+    spec = {
+        **_image_spec(),
         LABEL: tf.io.FixedLenFeature([], tf.string),
     }
     if with_weights:
@@ -160,12 +167,7 @@ def make_instance_example(
 def instance_parse_spec() -> dict:
     """The ``tf.io.parse_single_example`` spec of instance records (variable-length lists dense)."""
     return {
-        IMAGE: tf.io.FixedLenFeature([], tf.string),
-        IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
-        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-        WIDTH: tf.io.FixedLenFeature([], tf.int64),
-        KEY: tf.io.FixedLenFeature([], tf.string),
-        META: tf.io.FixedLenFeature([], tf.string, default_value=b"{}"),
+        **_image_spec(),
         INSTANCE_CLASS: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
         INSTANCE_MASK: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
         INSTANCE_BOX: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True),
