@@ -30,6 +30,7 @@ naming the file that referred to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import sys
@@ -117,14 +118,25 @@ def expand_flagfiles(argv: Sequence[str], referrer: Optional[str] = None, _seen:
     return out
 
 
+@contextlib.contextmanager
+def user_errors(*errors: type):
+    """Turns the ``errors`` raised inside into one ``error: ...`` line on stderr and exit status 1.
+
+    Every command's ``main`` runs its work under it: a user's mistake (a bad flag value, a
+    missing file, a diverged run) reads as a message naming the value and the fix, not a traceback.
+    """
+    try:
+        yield
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def flagfile_argv(argv: Optional[Sequence[str]] = None) -> List[str]:
     """``argv`` (default ``sys.argv``) with flagfiles expanded, for ``app.run(main, argv=...)``;
     a bad flagfile prints ``error: ...`` and exits with status 1."""
-    try:
+    with user_errors(FlagfileError):
         return expand_flagfiles(sys.argv if argv is None else argv)
-    except FlagfileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 def run_module(module: str, prog: str, argv: Sequence[str]) -> None:

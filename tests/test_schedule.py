@@ -61,3 +61,37 @@ def test_config_validation_messages():
 def test_valid_unet_is_refused_for_training():
     with pytest.raises(ValueError, match="padding=same"):
         _cfg(model_options={"padding": "valid"}).validate()
+
+
+def test_one_optimizer_builder_for_semantic_and_detection():
+    """Both trainers build their optimizer through ``build_optimizer``: same type, decay and rates."""
+    from keras_seg.detection.options import DetectionTrainConfig
+    from keras_seg.detection.trainer import make_detection_optimizer
+    from keras_seg.training import build_optimizer
+
+    with pytest.raises(ValueError, match="'sgd' or 'adamw'.*'rmsprop'"):
+        build_optimizer("rmsprop", 0.1, 100)
+    kw = dict(optimizer="adamw", learning_rate=0.02, train_steps=200, warmup_steps=20, poly_power=0.9,
+              momentum=0.8, weight_decay=1e-3)
+    det = make_detection_optimizer(DetectionTrainConfig(data_dir="d", model_dir="m", **kw))
+    sem = make_optimizer(_cfg(**kw))
+    assert type(det) is type(sem) and type(det).__name__ == "AdamW"
+    assert det.weight_decay == pytest.approx(1e-3) and det.beta_1 == pytest.approx(0.8)
+    for step in (0, 19, 20, 110, 200):
+        assert float(det._learning_rate(step)) == pytest.approx(float(sem._learning_rate(step)))
+    # Decoupled decay leaves biases and norms alone in the detection optimizer too.
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, bias_initializer="ones"),
+                              keras.layers.BatchNormalization()])
+    opt = make_detection_optimizer(DetectionTrainConfig(
+        data_dir="d", model_dir="m", optimizer="sgd", momentum=0.0, weight_decay=0.5, learning_rate=1.0,
+        train_steps=100, poly_power=0.0))
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    opt.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:
+        factor = 1.0 if v.name in ("bias", "gamma", "beta") else 0.5
+        np.testing.assert_allclose(v.numpy(), before[v.path] * factor, rtol=1e-6, err_msg=v.path)
+    coupled = build_optimizer("sgd", 0.1, 100, weight_decay=5e-4, decoupled_decay=False)
+    assert coupled.weight_decay is None

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 
+from keras_seg.cli import user_errors
 from keras_seg.evaluate import run
 
 
@@ -24,14 +24,11 @@ def main(argv):
 
     from keras_seg.flags import inference_from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(CheckpointError, ValueError, OSError):
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.output,
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
             inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images,
             inference_options=parse_inference_options(FLAGS.inference_options))
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 def define_flags() -> None:

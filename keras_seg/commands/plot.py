@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
+from keras_seg.cli import user_errors
 from keras_seg.plot import curves, plot, write_csv
 
 
@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    try:
+    with user_errors(ValueError, OSError):
         data = curves(FLAGS.model_dir)
         out = FLAGS.output or os.path.join(FLAGS.model_dir, "curves.png")
         plot(data, out, FLAGS.title or os.path.basename(os.path.normpath(FLAGS.model_dir)))
@@ -27,9 +27,6 @@ def main(argv):
         if FLAGS.csv:
             write_csv(data, FLAGS.csv)
             print(f"wrote {FLAGS.csv}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 def define_flags() -> None:

@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags
 
+from keras_seg.cli import user_errors
 from keras_seg.predict import run, run_tflite
 
 
@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     # CheckpointError is a ValueError; not importing keras_seg.checkpoints keeps TensorFlow
     # out of the --tflite path.
-    try:
+    with user_errors(ValueError, OSError):
         if sum(map(bool, (FLAGS.model_dir, FLAGS.tflite, FLAGS.pretrained))) != 1:
             raise ValueError("pass exactly one of --model_dir (Keras checkpoint), --pretrained (shipped weights, "
                              "e.g. enet_camvid) or --tflite (exported model).")
@@ -46,9 +46,6 @@ def main(argv):
             run(FLAGS.model_dir, argv[1:], FLAGS.out_dir, FLAGS.checkpoint, pretrained=FLAGS.pretrained,
                 inference=inference, save_probabilities=FLAGS.save_probabilities, batch_size=FLAGS.batch_size,
                 inference_options=parse_inference_options(FLAGS.inference_options))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 def define_flags() -> None:

@@ -58,7 +58,8 @@ __all__ = [
     "median_frequency_weights",
     "enet_weights",
     "split_files",
-    "atomic_write_json",
+    "class_weights_from_manifest",
+    "ManifestError",
 ]
 
 

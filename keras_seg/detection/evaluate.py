@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Any, Callable, Dict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from keras_seg.cli import user_errors  # noqa: E402
 from keras_seg.detection.options import DetectionEvalConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -61,11 +61,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from keras_seg.flags import config_from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(ValueError, OSError):
         run(config_from_flags(FLAGS, DetectionEvalConfig))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

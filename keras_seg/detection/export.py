@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 from typing import Any, Callable, Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from keras_seg.cli import user_errors  # noqa: E402
 from keras_seg.detection.options import DetectionExportConfig  # noqa: E402
 
 __all__ = ["OUTPUT_KEYS", "blocking_ops", "build_archive", "export_detector", "tflite_runner"]
@@ -232,11 +232,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     from keras_seg.flags import config_from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(ValueError, OSError):
         export_detector(config_from_flags(FLAGS, DetectionExportConfig))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

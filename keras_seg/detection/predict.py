@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import colorsys
 import os
-import sys
 from typing import Any, Callable, Dict, List, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from keras_seg.cli import user_errors  # noqa: E402
 from keras_seg.detection.options import DetectionPredictConfig  # noqa: E402
 
 __all__ = ["distinct_colors", "draw_instances", "instances_json", "run"]
@@ -139,11 +139,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     from keras_seg.flags import config_from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(ValueError, OSError):
         run(config_from_flags(FLAGS, DetectionPredictConfig), argv[1:])
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ The flags are the fields of :class:`keras_seg.detection.options.DetectionTrainCo
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from keras_seg.cli import user_errors  # noqa: E402
 from keras_seg.detection.options import DetectionTrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -32,13 +32,10 @@ def main(argv):
     from keras_seg.flags import config_from_flags, flags_to_text  # pylint: disable=import-outside-toplevel
     from keras_seg.training.loop import NonFiniteLossError  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(ValueError, OSError, NonFiniteLossError):
         cfg = config_from_flags(FLAGS, DetectionTrainConfig)
         result = train_detector(cfg, flags_text=flags_to_text(FLAGS, DetectionTrainConfig),
                                 log=lambda m: print(m, flush=True))
-    except (ValueError, OSError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     if result.metrics is not None:
         print(format_metrics(result.metrics))
 

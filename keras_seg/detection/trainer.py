@@ -47,7 +47,7 @@ from keras_seg.layout import ModelDir
 from keras_seg.training.checkpointing import seed_generator_states
 from keras_seg.training.loop import NonFiniteLossError
 from keras_seg.training.model_dir import check_writable, writing
-from keras_seg.training.schedule import NO_DECAY, PolyWithWarmup
+from keras_seg.training.schedule import PolyWithWarmup, build_optimizer
 from keras_seg.training.summaries import write_scalar
 
 __all__ = ["DetectionTrainResult", "make_detection_optimizer", "make_detection_step", "train_detector"]
@@ -66,16 +66,14 @@ class DetectionTrainResult:
 
 
 def make_detection_optimizer(cfg: DetectionTrainConfig) -> keras.optimizers.Optimizer:
-    """SGD with momentum or AdamW on the poly schedule with warm-up; decoupled decay off biases and norms."""
-    lr = PolyWithWarmup(cfg.learning_rate, cfg.train_steps, cfg.warmup_steps, cfg.poly_power)
-    wd = cfg.weight_decay or None
-    if cfg.optimizer == "sgd":
-        opt = keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=wd)
-    else:
-        opt = keras.optimizers.AdamW(lr, beta_1=cfg.momentum, weight_decay=wd or 0.0)
-    if wd:
-        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    return opt
+    """SGD with momentum or AdamW on the poly schedule with warm-up; decoupled decay off biases and norms.
+
+    The semantic trainer's builder (:func:`keras_seg.training.schedule.build_optimizer`) in
+    float32: the detection config has no coupled decay and no mixed precision.
+    """
+    return build_optimizer(
+        cfg.optimizer, cfg.learning_rate, cfg.train_steps, warmup_steps=cfg.warmup_steps,
+        poly_power=cfg.poly_power, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_detection_step(model: keras.Model, optimizer, strategy: tf.distribute.Strategy,

@@ -19,10 +19,9 @@ What each format holds: :mod:`keras_seg.export.saved_model` (the signatures) and
 :mod:`keras_seg.export.tflite` (the LiteRT models and their int8 ops).
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from keras_seg.cli import user_errors
 from keras_seg.export.config import ExportConfig
 from keras_seg.export.exporter import export
 
@@ -46,11 +45,8 @@ def main(argv):
     from keras_seg.checkpoints import CheckpointError  # pylint: disable=import-outside-toplevel
     from keras_seg.flags import config_from_flags  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(CheckpointError, ValueError, OSError):
         export(config_from_flags(FLAGS, ExportConfig))
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ r"""Packages a training run as shipped weights (see :mod:`keras_seg.pretrained`)
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from keras_seg.cli import user_errors  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +32,7 @@ def main(argv):
     del argv
     from keras_seg.pretrained import package  # pylint: disable=import-outside-toplevel
 
-    try:
+    with user_errors(ValueError, OSError):
         trained = _pairs(FLAGS.trained, "trained")
         for key, value in trained.items():
             try:
@@ -41,9 +42,6 @@ def main(argv):
         scales = tuple(float(v) for v in FLAGS.scales) if FLAGS.scales else None
         paths = package(FLAGS.model_dir, FLAGS.name, FLAGS.checkpoint, _pairs(FLAGS.metrics, "metrics"), trained,
                         directory=FLAGS.out_dir or os.path.dirname(os.path.abspath(__file__)), scales=scales)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     for path in paths:
         print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 

@@ -19,12 +19,13 @@ from keras_seg.training.evaluation import evaluate, format_iou_table, scores_to_
 from keras_seg.training.checkpointing import seed_generator_states
 from keras_seg.training.loop import NonFiniteLossError, TrainResult, train
 from keras_seg.training.model_dir import ModelDirWriteError
-from keras_seg.training.schedule import NO_DECAY, PolyWithWarmup, decayed_variables, make_optimizer
+from keras_seg.training.schedule import NO_DECAY, PolyWithWarmup, build_optimizer, decayed_variables, make_optimizer
 from keras_seg.training.step import make_train_loop, make_train_step, steps_until_boundary
 from keras_seg.training.summaries import write_png, write_scalar
 
 __all__ = [
-    "ModelDirWriteError", "NonFiniteLossError", "NO_DECAY", "PolyWithWarmup", "TrainResult", "decayed_variables",
+    "ModelDirWriteError", "NonFiniteLossError", "NO_DECAY", "PolyWithWarmup", "TrainResult", "build_optimizer",
+    "decayed_variables",
     "evaluate", "format_iou_table", "make_optimizer", "make_train_loop", "make_train_step", "scores_to_json",
     "seed_generator_states", "steps_until_boundary", "train", "write_eval_images", "write_png", "write_scalar",
 ]
