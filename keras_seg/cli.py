@@ -122,8 +122,10 @@ def expand_flagfiles(argv: Sequence[str], referrer: Optional[str] = None, _seen:
 def user_errors(*errors: type):
     """Turns the ``errors`` raised inside into one ``error: ...`` line on stderr and exit status 1.
 
-    Every command's ``main`` runs its work under it: a user's mistake (a bad flag value, a
-    missing file, a diverged run) reads as a message naming the value and the fix, not a traceback.
+    The commands' ``main`` functions run their work under it, so a user's mistake (a bad flag
+    value, a missing file, a diverged run) reads as a message naming the value and the fix, not
+    a traceback. ``keras_seg.train`` keeps its own handler: a lost worker exits with the
+    restart code instead of 1.
     """
     try:
         yield
