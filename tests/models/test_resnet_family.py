@@ -110,6 +110,23 @@ def test_linknet_decoder_reduces_channels_by_four():
     assert isinstance(model.get_layer("dec4_up"), keras.layers.Conv2DTranspose)
 
 
+def test_linknet_links_and_strides_follow_the_authors_code():
+    # e-lab/pytorch-linknet models/linknet.py: decoder1 = Decoder(64, 64, 3, stride 1) and
+    # d1 = x + decoder1(d2), x the initial block's output; decoders 2-4 upsample x2 and add the
+    # outputs of encoders 1-3. The classifier's two x2 full convolutions end at the input size.
+    model = _tiny_model("linknet")
+    assert model.get_layer("dec1_up").strides == (1, 1)
+    assert [model.get_layer(f"dec{i}_up").strides for i in (2, 3, 4)] == [(2, 2)] * 3
+    x = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype("float32")
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in (
+        "pool1_pool", "link1_pool", "dec1_3_relu", "dec1_add", "conv2_block1_out", "logits_full")])
+    pool, link, dec1, add1, enc1, full = probe(x, training=False)
+    np.testing.assert_array_equal(np.asarray(link), np.asarray(pool))  # the input of encoder 1
+    assert dec1.shape == pool.shape == enc1.shape  # decoder 1 stays at stride 4
+    np.testing.assert_allclose(np.asarray(add1), np.asarray(dec1) + np.asarray(pool), rtol=1e-6, atol=1e-6)
+    assert full.shape[1:3] == (64, 96)
+
+
 @pytest.mark.parametrize(
     "name, kwargs, match",
     [

@@ -26,6 +26,7 @@ __all__ = [
     "RESNET_ARCHS",
     "resnet",
     "resnet_stages",
+    "stem_pool",
     "build_resnet_backbone",
     "check_resnet_args",
     "load_resnet_weights",
@@ -163,6 +164,17 @@ def _basic(x, filters, name, *, stride, dilation, shortcut_conv, use_bias):
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
 
+def stem_pool(x, name: str = "pool1"):
+    """The stem's 3x3 stride-2 max pooling (padding 1) that takes ``conv1`` (stride 2) to stride 4.
+
+    :func:`resnet_stages` applies it as ``pool1``; LinkNet applies it once more to the returned
+    ``conv1`` to recover the input of encoder block 1 (the op has no weights, so the two agree
+    exactly). Zero padding equals PyTorch's -inf padding here because ``conv1`` is post-ReLU.
+    """
+    x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return keras.layers.MaxPooling2D(3, strides=2, name=f"{name}_pool")(x)
+
+
 def resnet_stages(
     x,
     arch: str = "resnet50",
@@ -205,8 +217,7 @@ def resnet_stages(
     x = batch_norm("conv1_bn", epsilon=_BN_EPS)(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     outputs = [(2, x)]
-    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = stem_pool(x, "pool1")
 
     strides = (1,) + _STRIDES[output_stride]
     dilations = (1,) + _DILATIONS[output_stride]
