@@ -47,7 +47,7 @@ def resolve(model: str, weights: str, directory: str = PRETRAINED_DIR) -> str:
     own = [n for n in names if read_info(n, directory)["model"] == model]
     raise ValueError(
         f"no shipped weights {weights!r} for model {model!r}. "
-        + (f"Shipped for {model}: {[n.split('_', 1)[1] if n.startswith(model + '_') else n for n in own]}. "
+        + (f"Shipped for {model}: {[n[len(model) + 1:] if n.startswith(model + '_') else n for n in own]}. "
            if own else f"Nothing is shipped for {model}. ")
         + f"All shipped weights: {names}. Received: weights={weights!r}"
     )
