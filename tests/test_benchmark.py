@@ -141,6 +141,8 @@ def test_command_refuses_bad_options(tmp_path):
     assert notes.read_text() == "# not results\n"
 
 
+# Slow tier: about 60 s (a child benchmark run); the default suite stays under 15 minutes.
+@pytest.mark.slow
 def test_command_end_to_end_on_a_tiny_model(tmp_path):
     results, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
     r = _run(["--models=unet", "--tiny", "--size=32,32", "--iters=1", "--rounds=1", "--steps_per_round=1",

@@ -32,6 +32,8 @@ def test_cases_are_shipped_configs():
         assert case.dataset in ("camvid", "shapes")
 
 
+# Slow tier: about 100 s (two child training processes); the default suite stays under 15 minutes.
+@pytest.mark.slow
 def test_demo_config_runs_in_a_child_under_both_variants(tmp_path):
     from data_prep import shapes
     from data_prep.folder import convert_folder
