@@ -109,9 +109,8 @@ def test_shipped_weights_load_without_shared_data(name):
     assert "CC BY-NC" in info["licence"] and "research" in info["licence"]
     size = os.path.getsize(pretrained.weights_path(name))
     assert size <= 10.5e6, size  # the zoo ships models of at most about 10 MB of weights
-    model_name = info["model"]  # may hold "_" (segnet_basic): the dataset is what follows it
-    assert name.startswith(model_name + "_")
-    dataset = name[len(model_name) + 1:]
+    model_name, dataset = info["model"], info["dataset"]  # the model may hold "_" (segnet_basic)
+    assert name == f"{model_name}_{dataset}"  # what build_model(weights=dataset) resolves
     model = keras_seg.build_model(model_name, info["num_classes"], weights=dataset)
     same, _ = pretrained.load_pretrained(name)
     assert model.count_params() == info["parameters"]
