@@ -16,6 +16,13 @@ List paths lose their ``--list_prefix`` (``/SegNet/CamVid/``) and resolve agains
 folder; relative paths resolve as they are. A bad list line is reported as ``file:line``.
 Labels are 8-bit class ids 0..10 with 11 (void) as the ignore label, SegNet's setting.
 The palette is read from the dataset's own colour table (``--lut``).
+
+``--holdout_sequences=0006R0`` also writes train split in two by drive: ``train_fit`` (the train
+frames of the other sequences) and ``train_holdout`` (the train frames of the named ones). CamVid's
+val is the same drive (0016E5) as 204 of the 367 train frames, while test is mostly a drive training
+never sees (Seq05VD), so a model trained on ``train_fit`` and scored on ``train_holdout`` measures what
+val cannot: how a recipe does on an unseen drive. Train with ``--train_split=train_fit
+--eval_split=train_holdout``; val and test stay untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbo
                "Pedestrian", "Bicyclist"]
 IGNORE_LABEL = 11
 SPLITS = ("train", "val", "test")
+FIT_SPLIT, HOLDOUT_SPLIT = "train_fit", "train_holdout"
 LIST_PREFIX = "/SegNet/CamVid/"
 
 
@@ -156,6 +164,24 @@ def collect_splits(src: str, splits: Sequence[str] = SPLITS, prefix: str = LIST_
     return out
 
 
+def split_by_sequence(items: Sequence[Item], sequences: Sequence[str]) -> Tuple[List[Item], List[Item]]:
+    """``(fit, holdout)``: the items whose sequence is not / is one of ``sequences``, in list order.
+
+    Raises:
+      ValueError: a sequence that no item has (naming the ones there are), or no item left to fit.
+    """
+    present = sorted({it.meta["sequence"] for it in items})
+    unknown = [s for s in sequences if s not in present]
+    if unknown:
+        raise ValueError(f"--holdout_sequences: {unknown} not among the train list's sequences {present}. "
+                         f"Received: --holdout_sequences={list(sequences)}")
+    fit = [it for it in items if it.meta["sequence"] not in sequences]
+    if not fit:
+        raise ValueError(f"--holdout_sequences={list(sequences)} holds out every train sequence {present}; "
+                         "leave at least one to train on.")
+    return fit, [it for it in items if it.meta["sequence"] in sequences]
+
+
 def load_camvid_item(item: Item) -> Loaded:
     """``load`` for :func:`write_dataset`: RGB PNG as is, mode-L class-id mask."""
     image, fmt, h, w = read_image(item.image_path)
@@ -164,16 +190,27 @@ def load_camvid_item(item: Item) -> Loaded:
 
 def convert_camvid(src: str, out: str, *, lut: Optional[str] = None, splits: Sequence[str] = SPLITS,
                    list_prefix: str = LIST_PREFIX, workers: Optional[int] = None, shard_mb: float = 64,
-                   overwrite: bool = False, log=print) -> dict:
-    """Library entry point of ``python -m data_prep.camvid``; returns the manifest."""
+                   overwrite: bool = False, holdout_sequences: Sequence[str] = (), log=print) -> dict:
+    """Library entry point of ``python -m data_prep.camvid``; returns the manifest.
+
+    ``holdout_sequences`` (e.g. ``["0006R0"]``) adds the ``train_fit`` and ``train_holdout`` splits
+    (see the module docstring) and records the sequences in the manifest's ``source``.
+    """
     items = collect_splits(src, splits, list_prefix)
+    source = {"converter": "data_prep.camvid"}
+    if holdout_sequences:
+        if "train" not in items:
+            raise ValueError(f"--holdout_sequences splits the train list, which is not converted here. "
+                             f"Received: --splits={list(splits)}; add train.")
+        items[FIT_SPLIT], items[HOLDOUT_SPLIT] = split_by_sequence(items["train"], holdout_sequences)
+        source["holdout_sequences"] = list(holdout_sequences)
     lut = lut or default_lut(resolve_root(src))
     info = DatasetInfo(name="camvid", num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES,
                        ignore_label=IGNORE_LABEL, palette=read_lut(lut))
     log(f"CamVid at {src}: {cli.count_items(items)} frames; palette from {lut}.")
     return write_dataset(out, items, load_camvid_item, info, workers=workers,
                          shard_bytes=int(shard_mb * (1 << 20)), overwrite=overwrite, log=log,
-                         extra_manifest={"source": {"converter": "data_prep.camvid", "lut": os.path.basename(lut)}})
+                         extra_manifest={"source": {**source, "lut": os.path.basename(lut)}})
 
 
 FLAGS = flags.FLAGS
@@ -187,6 +224,9 @@ def define_flags() -> None:
     flags.DEFINE_list("splits", list(SPLITS), "Splits to convert, of those whose list file exists.")
     flags.DEFINE_string("list_prefix", LIST_PREFIX, "Prefix of the absolute paths in the list files, "
                         "stripped to resolve them against --src.")
+    flags.DEFINE_list("holdout_sequences", [], "Also write train in two by drive: train_fit (the other "
+                      "sequences) and train_holdout (these), e.g. 0006R0, to score recipes on a drive "
+                      "training never saw, as test is (see the module docstring).")
     cli.define_output_flags()
     flags.mark_flags_as_required(["src", "out_dir"])
 
@@ -196,7 +236,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.exit_on_error(lambda: convert_camvid(
         FLAGS.src, FLAGS.out_dir, lut=FLAGS.lut, splits=FLAGS.splits, list_prefix=FLAGS.list_prefix,
-        workers=FLAGS.workers, shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite))
+        workers=FLAGS.workers, shard_mb=FLAGS.shard_mb, overwrite=FLAGS.overwrite,
+        holdout_sequences=FLAGS.holdout_sequences))
 
 
 if __name__ == "__main__":

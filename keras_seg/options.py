@@ -263,6 +263,11 @@ class TrainConfig:
     max_scale: float = option(2.0, "Largest random rescale factor.")
     flip: bool = option(True, "Random horizontal flips.")
     photometric: bool = option(True, "Random brightness/contrast/saturation jitter.")
+    jitter_strength: float = option(
+        1.0, "With --photometric: scales the jitter's ranges, brightness +-0.125*s and contrast/saturation "
+        "1 +- 0.25*s (1: the default jitter, 2: twice as wide).", check=lambda v, c: 0 <= v < 4, want="in [0, 4)")
+    hue_delta: float = option(0.0, "With --photometric: random hue shift of at most this many turns of the colour "
+                              "wheel (0: none; e.g. 0.05).", check=lambda v, c: 0 <= v <= 0.5, want="in [0, 0.5]")
     eval_every: int = option(0, "Evaluate every N steps (0: at the end only).", check=lambda v, c: v >= 0,
                              want=">= 0 (0: only at the end)")
     eval_scales: Tuple[float, ...] = option(

@@ -24,6 +24,11 @@ class AugmentConfig:
       min_scale, max_scale: range of the random rescale factor.
       flip: random horizontal flips.
       photometric: random brightness, contrast and saturation jitter.
+      jitter_strength: scales the jitter's ranges: brightness ``+-0.125 * s`` (of [0, 1]),
+        contrast and saturation factors in ``[1 - 0.25 * s, 1 + 0.25 * s]``; 1 is the default
+        jitter, 2 doubles every range. In ``[0, 4)`` (a factor must stay positive).
+      hue_delta: with ``photometric``, a random hue shift of at most this many turns of the
+        colour wheel (``tf.image.stateless_random_hue``; in ``[0, 0.5]``; 0: none).
       ignore_label: label of padded pixels.
       pad_value: RGB colour in [0, 255] of padded image pixels: the preprocessing's mean colour
         (:func:`keras_seg.data.preprocess.mean_pixel`), which the network sees as 0, as at
@@ -35,8 +40,18 @@ class AugmentConfig:
     max_scale: float = 2.0
     flip: bool = True
     photometric: bool = True
+    jitter_strength: float = 1.0
+    hue_delta: float = 0.0
     ignore_label: int = 255
     pad_value: Tuple[float, float, float] = MEAN_PIXEL
+
+    def __post_init__(self):
+        if not 0 <= self.jitter_strength < 4:
+            raise ValueError("jitter_strength must be in [0, 4): contrast and saturation factors are "
+                             f"1 +- 0.25 * jitter_strength. Received: jitter_strength={self.jitter_strength}")
+        if not 0 <= self.hue_delta <= 0.5:
+            raise ValueError(f"hue_delta must be in [0, 0.5] (turns of the colour wheel). "
+                             f"Received: hue_delta={self.hue_delta}")
 
 
 def augment(example, seed, cfg: AugmentConfig):
@@ -58,12 +73,12 @@ def augment(example, seed, cfg: AugmentConfig):
       dict with ``image`` float32 (crop_h, crop_w, 3) in [0, 255], ``label`` uint8 and
       ``weight`` float32 of shape (crop_h, crop_w, 1).
     """
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
     image = tf.cast(example["image"], tf.float32)
     label, weight = example["label"], example["weight"]
     crop_h, crop_w = cfg.crop_size
     if cfg.photometric:
-        image = _jitter(image, seeds[4:7])
+        image = _jitter(image, seeds[4:8], cfg.jitter_strength, cfg.hue_delta)
     image, label, weight = _random_scale(image, label, weight, seeds[0], cfg)
     image, label, weight = _pad_to_crop(image, label, weight, cfg)
     image, label, weight = _random_crop(image, label, weight, seeds[1:3], cfg.crop_size)
@@ -75,12 +90,18 @@ def augment(example, seed, cfg: AugmentConfig):
     return {"image": image, "label": label, "weight": weight}
 
 
-def _jitter(image, seeds):
-    """Random brightness, contrast and saturation of a float image in [0, 255]; ``seeds`` is (3, 2)."""
+def _jitter(image, seeds, strength=1.0, hue_delta=0.0):
+    """Random brightness, contrast, saturation (and hue) of a float image in [0, 255]; ``seeds`` is (4, 2).
+
+    ``strength`` scales the ranges (see :class:`AugmentConfig`); ``hue_delta`` 0 draws no hue.
+    """
     x = image / 255.0
-    x = tf.image.stateless_random_brightness(x, 0.125, seeds[0])
-    x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[1])
-    x = tf.image.stateless_random_saturation(x, 0.75, 1.25, seeds[2])
+    if strength > 0:
+        x = tf.image.stateless_random_brightness(x, 0.125 * strength, seeds[0])
+        x = tf.image.stateless_random_contrast(x, 1 - 0.25 * strength, 1 + 0.25 * strength, seeds[1])
+        x = tf.image.stateless_random_saturation(x, 1 - 0.25 * strength, 1 + 0.25 * strength, seeds[2])
+    if hue_delta > 0:
+        x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), hue_delta, seeds[3])
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 

@@ -204,6 +204,7 @@ def _train_iterator(run: _Run, step: int):
         data_dir=cfg.data_dir, split=cfg.train_split, batch_size=cfg.batch_size, training=True,
         augment=AugmentConfig(crop_size=tuple(cfg.crop_size), min_scale=cfg.min_scale,
                               max_scale=cfg.max_scale, flip=cfg.flip, photometric=cfg.photometric,
+                              jitter_strength=cfg.jitter_strength, hue_delta=cfg.hue_delta,
                               ignore_label=run.ignore_label, pad_value=mean_pixel(preprocessing)),
         seed=cfg.seed, skip_batches=step, num_shards=cfg.data_shards, preprocessing=preprocessing,
     )

@@ -95,6 +95,40 @@ def test_subset_counts_palette_and_pixel_counts(camvid, subset, tmp_path):
         assert recs[stem].image.shape == (360, 480, 3)
 
 
+def test_holdout_sequences_split_train_by_drive(camvid, subset, tmp_path):
+    # The subset's train lines are one 0001TP frame and two 0016E5 frames: holding out 0001TP
+    # leaves train as it was and adds the two drives as train_fit and train_holdout.
+    root, lists = subset
+    stems = [os.path.splitext(os.path.basename(line.split()[0]))[0] for line in lists["train"]]
+    assert [s.split("_")[0] for s in stems] == ["0001TP", "0016E5", "0016E5"]
+    manifest = convert_camvid(str(root), str(tmp_path / "out"), workers=1, holdout_sequences=["0001TP"],
+                              log=_quiet)
+    splits = manifest["splits"]
+    assert [splits[s]["num_examples"] for s in ("train", "train_fit", "train_holdout", "val", "test")] == [3, 2, 1, 3, 3]
+    assert list(by_key(tmp_path / "out", "train_fit")) == stems[1:]
+    assert list(by_key(tmp_path / "out", "train_holdout")) == stems[:1]
+    np.testing.assert_array_equal(np.add(splits["train_fit"]["pixel_counts"], splits["train_holdout"]["pixel_counts"]),
+                                  splits["train"]["pixel_counts"])
+    assert manifest["source"]["holdout_sequences"] == ["0001TP"]
+    assert manifest["class_weights"]["computed_from"] == "train"  # the weights do not move with the option
+    from keras_seg.data import DataConfig, make_dataset  # the pipeline reads the new split by name
+    batches = list(make_dataset(DataConfig(data_dir=str(tmp_path / "out"), split="train_holdout", batch_size=1,
+                                           training=False)))
+    assert len(batches) == 1
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(holdout_sequences=["Seq05VD"]), r"\['Seq05VD'\] not among the train list's sequences \['0001TP', '0016E5'\]"),
+    (dict(holdout_sequences=["0001TP", "0016E5"]), "holds out every train sequence"),
+    (dict(holdout_sequences=["0001TP"], splits=["val", "test"]), "add train"),
+])
+def test_bad_holdout_sequences_are_refused_before_writing(subset, tmp_path, kw, msg):
+    root, _ = subset
+    with pytest.raises(ValueError, match=msg):
+        convert_camvid(str(root), str(tmp_path / "out"), workers=1, log=_quiet, **kw)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_list_lines_are_reported_with_file_and_line(subset, tmp_path):
     root, lists = subset
     lst = root / "val.txt"
@@ -124,7 +158,7 @@ def test_cli_bad_list_line_exits_1(subset, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data_prep.camvid", f"--src={root}", f"--out={tmp_path}/o"],
                           capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
     assert proc.returncode == 1, proc.stderr
-    assert f"error: 1 problem(s) with the CamVid list files" in proc.stderr
+    assert "error: 1 problem(s) with the CamVid list files" in proc.stderr
     assert f"{root}/test.txt:1: expected '<image> <label>'" in proc.stderr
     assert not (tmp_path / "o").exists()
 

@@ -113,6 +113,51 @@ def test_augment_pads_images_with_the_mean_colour_after_the_jitter():
         assert not np.allclose(img[:6, :8], ex["image"].numpy())  # the source pixels were jittered
 
 
+def _jittered(rgb01, cfg, seeds=range(150)):
+    """augment() of a flat 4x4 image of colour ``rgb01`` (in [0, 1]) under many seeds, in [0, 1]."""
+    ex = {"image": tf.constant(np.full((4, 4, 3), np.round(np.array(rgb01) * 255), np.uint8)),
+          "label": tf.zeros((4, 4, 1), tf.uint8), "weight": tf.ones((4, 4, 1))}
+    return np.stack([augment(ex, tf.constant([s, 11], tf.int64), cfg)["image"].numpy()[0, 0] / 255.0
+                     for s in seeds])
+
+
+def test_jitter_strength_scales_the_brightness_range():
+    # A flat grey frame: contrast and saturation leave it as it is, so each output is grey + the
+    # brightness delta, which must stay within +-0.125 * strength and reach past the default range.
+    base = dict(crop_size=(4, 4), min_scale=1.0, max_scale=1.0, flip=False, photometric=True)
+    grey = np.round(0.5 * 255) / 255.0
+    shift1 = _jittered((0.5, 0.5, 0.5), AugmentConfig(**base))[:, 0] - grey
+    shift2 = _jittered((0.5, 0.5, 0.5), AugmentConfig(**base, jitter_strength=2.0))[:, 0] - grey
+    assert np.abs(shift1).max() <= 0.125 + 1e-5 and np.abs(shift1).max() > 0.11
+    assert np.abs(shift2).max() <= 0.25 + 1e-5 and np.abs(shift2).max() > 0.2
+    still = _jittered((0.5, 0.5, 0.5), AugmentConfig(**base, jitter_strength=0.0), seeds=range(5))
+    np.testing.assert_allclose(still, grey, atol=1e-6)  # strength 0 and no hue: no jitter at all
+
+
+def test_hue_delta_turns_the_colour_wheel_and_keeps_value_and_saturation():
+    import colorsys
+
+    base = dict(crop_size=(4, 4), min_scale=1.0, max_scale=1.0, flip=False, photometric=True, jitter_strength=0.0)
+    rgb = np.round(np.array([0.8, 0.3, 0.2]) * 255) / 255.0
+    h0, s0, v0 = colorsys.rgb_to_hsv(*rgb)
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in _jittered(rgb, AugmentConfig(**base, hue_delta=0.05))])
+    turn = (hsv[:, 0] - h0 + 0.5) % 1.0 - 0.5
+    assert np.abs(turn).max() <= 0.05 + 0.005 and np.abs(turn).max() > 0.04
+    assert turn.min() < 0 < turn.max()
+    np.testing.assert_allclose(hsv[:, 2], v0, atol=0.005)
+    np.testing.assert_allclose(hsv[:, 1], s0, atol=0.01)
+    none = _jittered(rgb, AugmentConfig(**base), seeds=range(5))
+    np.testing.assert_allclose(none, np.broadcast_to(rgb, none.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(jitter_strength=4.0), "jitter_strength must be in \\[0, 4\\)"),
+                                     (dict(jitter_strength=-1.0), "jitter_strength"),
+                                     (dict(hue_delta=0.6), "hue_delta must be in \\[0, 0.5\\]")])
+def test_augment_config_refuses_jitter_ranges_that_break_the_ops(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        AugmentConfig(crop_size=(4, 4), **kw)
+
+
 def test_shards_split_one_ordering_when_there_are_fewer_files_than_shards(tmp_path):
     # 3 files of 4 records and 4 shards: each shard keeps every 4th record of the files read
     # in one common order, so one epoch's 12 draws (3 global batches of one record per shard)
