@@ -134,6 +134,25 @@ def test_jitter_strength_scales_the_brightness_range():
     np.testing.assert_allclose(still, grey, atol=1e-6)  # strength 0 and no hue: no jitter at all
 
 
+def test_default_jitter_is_the_jitter_earlier_zoo_runs_trained_with():
+    # Round 1-7 configs predate --jitter_strength/--hue_delta; their defaults must draw the same
+    # three ops from the same seeds (the first 7 of the split, seeds 4-6) as before, or those
+    # configs no longer reproduce their runs.
+    rng = np.random.default_rng(1)
+    img = tf.constant(rng.integers(0, 256, (6, 8, 3)), tf.uint8)
+    ex = {"image": img, "label": tf.zeros((6, 8, 1), tf.uint8), "weight": tf.ones((6, 8, 1))}
+    cfg = AugmentConfig(crop_size=(6, 8), min_scale=1.0, max_scale=1.0, flip=False, photometric=True)
+    for s in range(3):
+        seed = tf.constant([s, 5], tf.int64)
+        old = tf.random.experimental.stateless_split(seed, 7)
+        x = tf.cast(img, tf.float32) / 255.0
+        x = tf.image.stateless_random_brightness(x, 0.125, old[4])
+        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, old[5])
+        x = tf.image.stateless_random_saturation(x, 0.75, 1.25, old[6])
+        want = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        np.testing.assert_allclose(augment(ex, seed, cfg)["image"].numpy(), want.numpy(), atol=1e-4)
+
+
 def test_hue_delta_turns_the_colour_wheel_and_keeps_value_and_saturation():
     import colorsys
 
