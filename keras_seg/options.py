@@ -13,6 +13,7 @@ import ast
 import dataclasses
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
+from keras_seg.data.augment import HUE_DELTA_MAX, JITTER_STRENGTH_MAX
 from keras_seg.data.preprocess import PREPROCESSING
 from keras_seg.precision import HELP as PRECISION_HELP
 from keras_seg.precision import PRECISIONS
@@ -265,9 +266,11 @@ class TrainConfig:
     photometric: bool = option(True, "Random brightness/contrast/saturation jitter.")
     jitter_strength: float = option(
         1.0, "With --photometric: scales the jitter's ranges, brightness +-0.125*s and contrast/saturation "
-        "1 +- 0.25*s (1: the default jitter, 2: twice as wide).", check=lambda v, c: 0 <= v < 4, want="in [0, 4)")
+        "1 +- 0.25*s (1: the default jitter, 2: twice as wide).", check=lambda v, c: 0 <= v < JITTER_STRENGTH_MAX,
+        want=f"in [0, {JITTER_STRENGTH_MAX:g})")
     hue_delta: float = option(0.0, "With --photometric: random hue shift of at most this many turns of the colour "
-                              "wheel (0: none; e.g. 0.05).", check=lambda v, c: 0 <= v <= 0.5, want="in [0, 0.5]")
+                              "wheel (0: none; e.g. 0.05).", check=lambda v, c: 0 <= v <= HUE_DELTA_MAX,
+                              want=f"in [0, {HUE_DELTA_MAX:g}]")
     eval_every: int = option(0, "Evaluate every N steps (0: at the end only).", check=lambda v, c: v >= 0,
                              want=">= 0 (0: only at the end)")
     eval_scales: Tuple[float, ...] = option(

@@ -13,6 +13,10 @@ from keras_seg.data.preprocess import mean_pixel
 # value every inference path (batch padding, LiteRT padding) pads with, so padded training
 # pixels look the same. Models with "caffe" preprocessing pad with mean_pixel("caffe").
 MEAN_PIXEL = mean_pixel("imagenet")
+# Bounds of the jitter settings: contrast and saturation factors 1 +- 0.25 * strength must stay
+# positive, and a hue shift past half a turn wraps round.
+JITTER_STRENGTH_MAX = 4.0
+HUE_DELTA_MAX = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +50,11 @@ class AugmentConfig:
     pad_value: Tuple[float, float, float] = MEAN_PIXEL
 
     def __post_init__(self):
-        if not 0 <= self.jitter_strength < 4:
-            raise ValueError("jitter_strength must be in [0, 4): contrast and saturation factors are "
-                             f"1 +- 0.25 * jitter_strength. Received: jitter_strength={self.jitter_strength}")
-        if not 0 <= self.hue_delta <= 0.5:
-            raise ValueError(f"hue_delta must be in [0, 0.5] (turns of the colour wheel). "
+        if not 0 <= self.jitter_strength < JITTER_STRENGTH_MAX:
+            raise ValueError(f"jitter_strength must be in [0, {JITTER_STRENGTH_MAX:g}): contrast and saturation "
+                             f"factors are 1 +- 0.25 * jitter_strength. Received: jitter_strength={self.jitter_strength}")
+        if not 0 <= self.hue_delta <= HUE_DELTA_MAX:
+            raise ValueError(f"hue_delta must be in [0, {HUE_DELTA_MAX:g}] (turns of the colour wheel). "
                              f"Received: hue_delta={self.hue_delta}")
 
 
