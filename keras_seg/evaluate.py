@@ -4,10 +4,14 @@ r"""Evaluates a trained model on a dataset split and prints per-class IoU.
         [--data_dir=DIR] [--checkpoint=latest|best|PATH] [--batch_size=1]
         [--mixed_precision=float32|bfloat16|float16]
         [--mode=whole|slide --window=H,W --stride=H,W] [--scales=0.5,0.75,1,1.25,1.5,1.75] [--flip]
+        [--group_by=sequence]
 
 Writes ``<model_dir>/eval/evaluate-<split>-<step><mode>.json`` (or ``--out``; ``<mode>`` is
 empty for one whole-image pass, else e.g. ``-s0.5_1_1.5-flip``) and, with matplotlib, the
 ``-confusion.png``, ``-iou.png`` and ``-sheet.png`` pictures beside it (``--nopictures``: none).
+``--group_by=FIELD`` also scores each group of images sharing a field of the records' metadata
+(CamVid: ``sequence``, the drive; Cityscapes: ``city``), prints a row per group and adds them to
+the JSON as ``groups``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: str = "latest",
         batch_size: int = 1, out: str = None, log=print, jit_compile: bool = False,
         mixed_precision: str = "float32", inference=None, pictures: bool = True, sheet_images: int = 4,
-        inference_options=None):
+        inference_options=None, group_by: str = None):
     """Evaluates and returns ``(scores, record)``; ``record`` is what is written as JSON.
 
     ``inference_options`` (e.g. ``{"head": "L2"}``) selects another inference graph of the
@@ -32,6 +36,10 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
 
     ``inference`` (:class:`keras_seg.inference.InferenceConfig`, default whole image) picks
     sliding windows, multi-scale and flip; the record notes it.
+
+    ``group_by`` (a field of the records' ``image/meta``, e.g. ``"sequence"``) also scores each
+    group of images sharing its value; the record's ``groups`` holds them
+    (:func:`keras_seg.training.evaluate`).
 
     ``jit_compile`` runs the forward pass under XLA (compiled once per batch shape).
     ``mixed_precision`` (``float32``, ``bfloat16`` or ``float16``) is the compute precision
@@ -45,7 +53,7 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     """
     from keras_seg.checkpoints import load_trained_model, model_preprocessing  # pylint: disable=import-outside-toplevel
     from keras_seg.data.pipeline import DataConfig, make_dataset  # pylint: disable=import-outside-toplevel
-    from keras_seg.training import evaluate, scores_to_json  # pylint: disable=import-outside-toplevel
+    from keras_seg.training import evaluate, format_group_table, scores_to_json  # pylint: disable=import-outside-toplevel
 
     from keras_seg.precision import check_precision  # pylint: disable=import-outside-toplevel
 
@@ -59,19 +67,22 @@ def run(model_dir: str, split: str = "val", data_dir: str = None, checkpoint: st
     data_dir = data_dir or config["data_dir"]
     manifest = _checked_manifest(data_dir, config)
     ds = make_dataset(DataConfig(data_dir=data_dir, split=split, batch_size=batch_size, training=False,
-                                 preprocessing=model_preprocessing(config)))
+                                 preprocessing=model_preprocessing(config), with_meta=group_by is not None))
     log(f"Evaluating {path} on {data_dir} split {split!r}"
         f"{'' if mixed_precision == 'float32' else f' in {mixed_precision}'} ({inference.describe()}) ...")
     scores = evaluate(model, ds, config["num_classes"], int(manifest["ignore_label"]), log=log,
-                      jit_compile=jit_compile, inference=inference)
+                      jit_compile=jit_compile, inference=inference, group_by=group_by)
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
     record = scores_to_json(scores, manifest["class_names"], step)
     record.update({"checkpoint": path, "split": split, "data_dir": os.path.abspath(data_dir),
                    "mixed_precision": mixed_precision, "inference": dataclasses.asdict(inference),
-                   "inference_options": dict(inference_options or {})})
+                   "inference_options": dict(inference_options or {}),
+                   **({"group_by": group_by} if group_by is not None else {})})
     options_tag = "".join(f"-{k}_{v}" for k, v in sorted((inference_options or {}).items()))
     out = out or ModelDir(model_dir).evaluate_json(split, step, inference.tag() + options_tag)
     _write_record(out, record, scores, manifest["class_names"], log)
+    if group_by is not None:
+        log(f"per {group_by} (%):\n{format_group_table(scores, manifest['class_names'], group_by)}")
     if pictures:
         write_pictures(model, config, data_dir, split, scores, out, inference, sheet_images, log)
     return scores, record

@@ -5,7 +5,7 @@ Learning curves, from the TensorBoard files the trainer writes:
     python -m keras_seg.plot --model_dir=runs/zoo/enet_camvid [--out=curves.png] [--csv=curves.csv]
 
 Draws train loss, learning rate and val mean IoU against the step, and val mean IoU against
-wall-clock hours, into one PNG (default ``<model_dir>/curves.png``). ``--csv`` also writes the
+wall-clock hours (labelled with the run's ``--eval_split`` from its ``flags.txt``, when not val), into one PNG (default ``<model_dir>/curves.png``). ``--csv`` also writes the
 evaluation curve as ``step,hours,mean_iu`` rows. Hours count from the moment the trainer
 opened its summary files (after building the model), so a resumed run's hours include the
 time it was stopped.
@@ -78,7 +78,18 @@ def curves(model_dir: str) -> Dict[str, object]:
     if not train and not evals:
         raise ValueError(f"{model_dir}/train and {model_dir}/eval hold no TensorBoard scalars: not a training "
                          "directory, or nothing was logged yet (the trainer logs every --log_every steps).")
-    return {"train": train, "eval": evals, "start": min(t0, t1)}
+    return {"train": train, "eval": evals, "start": min(t0, t1), "eval_split": _eval_split(paths.flags_txt)}
+
+
+def _eval_split(flags_txt: str) -> str:
+    """The split the run evaluated on, from its ``flags.txt`` (``val`` when the file or flag is absent)."""
+    split = "val"
+    if os.path.isfile(flags_txt):
+        with open(flags_txt, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("--eval_split="):
+                    split = line.strip().split("=", 1)[1] or split
+    return split
 
 
 def write_csv(data: Dict[str, object], path: str) -> None:
@@ -202,10 +213,11 @@ def plot(data: Dict[str, object], path: str, title: str = "") -> None:
     """Writes the 2x2 learning-curve figure to ``path`` (PNG, through a temporary file)."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    split = data.get("eval_split", "val")
     panels = [(axes[0, 0], data["train"], "loss", "train loss", False),
               (axes[0, 1], data["train"], "learning_rate", "learning rate", False),
-              (axes[1, 0], data["eval"], "mean_iu", "val mean IoU", False),
-              (axes[1, 1], data["eval"], "mean_iu", "val mean IoU", True)]
+              (axes[1, 0], data["eval"], "mean_iu", f"{split} mean IoU", False),
+              (axes[1, 1], data["eval"], "mean_iu", f"{split} mean IoU", True)]
     for ax, series, tag, label, hours in panels:
         points = series.get(tag, [])
         if hours:

@@ -61,6 +61,22 @@ def test_plot_draws_the_runs_curves_and_writes_the_eval_csv(tmp_path):
     for suffix in ("-confusion.png", "-iou.png", "-sheet.png"):
         with Image.open(f"{stem}{suffix}") as im:
             assert im.format == "PNG" and min(im.size) > 100, suffix
+    # --group_by reaches the records: the folder converter's have no metadata, which is refused by name.
+    r = subprocess.run([sys.executable, "-m", "keras_seg.evaluate", f"--model_dir={tmp_path / 'run'}",
+                        "--group_by=sequence", "--nopictures"], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env=env)
+    assert r.returncode == 1 and "has no 'sequence' in its image/meta (it has [])" in r.stderr, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "keras_seg.plot", f"--model_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r.returncode == 1 and "hold no TensorBoard scalars" in r.stderr
+
+
+def test_eval_curve_is_labelled_with_the_runs_eval_split(tmp_path):
+    from keras_seg.plot import _eval_split
+
+    flags_txt = tmp_path / "flags.txt"
+    assert _eval_split(str(flags_txt)) == "val"  # no flags.txt: the default split
+    flags_txt.write_text("--model=enet\n--eval_split=train_holdout\n--eval_every=500\n")
+    assert _eval_split(str(flags_txt)) == "train_holdout"
+    flags_txt.write_text("--model=enet\n")
+    assert _eval_split(str(flags_txt)) == "val"

@@ -28,7 +28,7 @@ def main(argv):
         run(FLAGS.model_dir, FLAGS.split, FLAGS.data_dir, FLAGS.checkpoint, FLAGS.batch_size, FLAGS.output,
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
             inference=inference_from_flags(FLAGS), pictures=FLAGS.pictures, sheet_images=FLAGS.sheet_images,
-            inference_options=parse_inference_options(FLAGS.inference_options))
+            inference_options=parse_inference_options(FLAGS.inference_options), group_by=FLAGS.group_by or None)
 
 
 def define_flags() -> None:
@@ -53,6 +53,9 @@ def define_flags() -> None:
     from keras_seg.registry import INFERENCE_OPTIONS_HELP  # pylint: disable=import-outside-toplevel
 
     flags.DEFINE_list("inference_options", [], INFERENCE_OPTIONS_HELP)
+    flags.DEFINE_string("group_by", None, "Also score each group of images sharing this field of the records' "
+                        "metadata (CamVid: sequence, the drive; Cityscapes: city): a row per group, and "
+                        "'groups' in the JSON.")
     flags.DEFINE_integer("sheet_images", 4, "Images in the image sheet (0: no sheet).", lower_bound=0)
     flags.mark_flag_as_required("model_dir")
 

@@ -16,7 +16,8 @@ def decode_example(serialized, with_weights: bool):
 
     Returns:
       dict with ``image`` uint8 (H, W, 3), ``label`` uint8 (H, W, 1), ``weight`` float32
-      (H, W, 1) (ones when the dataset has no weight maps) and ``key`` (string).
+      (H, W, 1) (ones when the dataset has no weight maps), ``key`` (string) and ``meta``
+      (string: the record's ``image/meta`` JSON, ``{}`` when it has none).
       Decoding fails with the record's key in the message if image and label sizes differ.
     """
     ex = tf.io.parse_single_example(serialized, F.parse_spec(with_weights))
@@ -35,4 +36,4 @@ def decode_example(serialized, with_weights: bool):
         weight = tf.reshape(tf.io.decode_raw(ex[F.WEIGHT], tf.float32), tf.concat([label_hw, [1]], 0))
     else:
         weight = tf.ones(tf.concat([label_hw, [1]], 0), tf.float32)
-    return {"image": image, "label": label, "weight": weight, "key": ex[F.KEY]}
+    return {"image": image, "label": label, "weight": weight, "key": ex[F.KEY], "meta": ex[F.META]}

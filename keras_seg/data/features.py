@@ -81,6 +81,25 @@ def _image_features(image: bytes, image_format: str, height: int, width: int, ke
     }
 
 
+def meta_field(meta: bytes, key: bytes, field: str) -> str:
+    """The value of ``field`` in a record's ``image/meta`` JSON, as a string.
+
+    Raises:
+      ValueError: the meta is not a JSON object, or lacks ``field`` (the message names the
+        record's key and the fields it has).
+    """
+    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+    try:
+        fields = json.loads(meta)
+    except ValueError as e:
+        raise ValueError(f"record {name!r}: its {META} is not JSON ({e}). Reconvert the dataset.") from None
+    if not isinstance(fields, dict) or field not in fields:
+        have = sorted(fields) if isinstance(fields, dict) else fields
+        raise ValueError(f"record {name!r} has no {field!r} in its {META} (it has {have}). Group by a field "
+                         f"its records carry, e.g. sequence for CamVid or city for Cityscapes.")
+    return str(fields[field])
+
+
 def make_example(
     *,
     image: bytes,

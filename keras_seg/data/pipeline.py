@@ -39,6 +39,8 @@ class DataConfig:
       preprocessing: the model's input preprocessing, ``"imagenet"`` or ``"caffe"``
         (:func:`keras_seg.data.preprocess.normalize_image`); the augmentation pads with the
         colour it maps to 0.
+      with_meta: evaluation only: each element also carries the record's key and its
+        ``image/meta`` JSON string, as ``(image, label, weight, key, meta)``.
     """
 
     data_dir: str
@@ -51,11 +53,14 @@ class DataConfig:
     skip_batches: int = 0
     num_shards: int = 0
     preprocessing: str = "imagenet"
+    with_meta: bool = False
 
 
-def _to_model_inputs(ex, preprocessing: str):
+def _to_model_inputs(ex, preprocessing: str, with_meta: bool = False):
     image = normalize_image(ex["image"], preprocessing)
     label = tf.cast(ex["label"][..., 0], tf.int32)
+    if with_meta:
+        return image, label, ex["weight"][..., 0], ex["key"], ex["meta"]
     return image, label, ex["weight"][..., 0]
 
 
@@ -97,12 +102,13 @@ def _example_stream(cfg: DataConfig, files, with_weights: bool, shard: int, num_
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda ex, s: augment(ex, s, cfg.augment), num_parallel_calls=AUTOTUNE, deterministic=True
         )
-    return ds.map(lambda ex: _to_model_inputs(ex, cfg.preprocessing), num_parallel_calls=AUTOTUNE,
+    return ds.map(lambda ex: _to_model_inputs(ex, cfg.preprocessing, cfg.with_meta), num_parallel_calls=AUTOTUNE,
                   deterministic=True)
 
 
 def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
-    """Builds the dataset of ``(image float32 (B,H,W,3), label int32 (B,H,W), weight float32 (B,H,W))``.
+    """Builds the dataset of ``(image float32 (B,H,W,3), label int32 (B,H,W), weight float32 (B,H,W))``
+    (with ``cfg.with_meta``, also the records' ``key`` and ``meta`` strings, each ``(B,)``).
 
     Every input pipeline (one per worker under ``MultiWorkerMirroredStrategy``) reads only
     its own shards: the files ``j::S`` of each shard ``j`` it owns, or, when there are fewer
@@ -122,8 +128,11 @@ def make_dataset(cfg: DataConfig, input_context: Optional[tf.distribute.InputCon
 
     Raises:
       ValueError: no manifest, unknown split, missing shards, a batch size that does not
-        divide over the replicas or shards, or ``num_shards`` not a multiple of the pipelines.
+        divide over the replicas or shards, ``num_shards`` not a multiple of the pipelines, or
+        ``with_meta`` for a training dataset.
     """
+    if cfg.with_meta and cfg.training:
+        raise ValueError("DataConfig.with_meta is for evaluation datasets (training=False) only.")
     check_preprocessing(cfg.preprocessing, "DataConfig.preprocessing")
     manifest = load_manifest(cfg.data_dir)
     files = split_files(cfg.data_dir, manifest, cfg.split)
@@ -156,7 +165,7 @@ def _eval_batches(ds: tf.data.Dataset, batch: int) -> tf.data.Dataset:
     # in PSPNet and DeepLab v3 would change every prediction), so a batch never mixes sizes
     # and batched evaluation gives batch 1's confusion matrix.
     return ds.group_by_window(
-        key_func=lambda image, label, weight: tf.cast(tf.shape(image)[0], tf.int64) * 1_000_003
+        key_func=lambda image, *rest: tf.cast(tf.shape(image)[0], tf.int64) * 1_000_003
         + tf.cast(tf.shape(image)[1], tf.int64),
         reduce_func=lambda key, window: window.batch(batch),
         window_size=batch,

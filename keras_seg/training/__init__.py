@@ -15,7 +15,8 @@
 - :mod:`~keras_seg.training.summaries`: TensorBoard scalars and PNG images.
 """
 
-from keras_seg.training.evaluation import evaluate, format_iou_table, scores_to_json, write_eval_images
+from keras_seg.training.evaluation import (evaluate, format_group_table, format_iou_table, scores_to_json,
+                                           write_eval_images)
 from keras_seg.training.checkpointing import seed_generator_states
 from keras_seg.training.loop import NonFiniteLossError, TrainResult, train
 from keras_seg.training.model_dir import ModelDirWriteError
@@ -26,6 +27,7 @@ from keras_seg.training.summaries import write_png, write_scalar
 __all__ = [
     "ModelDirWriteError", "NonFiniteLossError", "NO_DECAY", "PolyWithWarmup", "TrainResult", "build_optimizer",
     "decayed_variables",
-    "evaluate", "format_iou_table", "make_optimizer", "make_train_loop", "make_train_step", "scores_to_json",
+    "evaluate", "format_group_table", "format_iou_table", "make_optimizer", "make_train_loop", "make_train_step",
+    "scores_to_json",
     "seed_generator_states", "steps_until_boundary", "train", "write_eval_images", "write_png", "write_scalar",
 ]

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_seg.data.features import meta_field
 from keras_seg.distribute import num_workers, sum_over_workers
 from keras_seg.inference import InferenceConfig, make_probabilities, predict_probabilities
 from keras_seg.metrics import StreamingConfusionMatrixMetric, scores_from_confusion_matrix
@@ -20,18 +21,27 @@ from keras_seg.training.summaries import write_png
 def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ignore_label: int,
              log: Optional[Callable[[str], None]] = None,
              strategy: Optional[tf.distribute.Strategy] = None, jit_compile: bool = False,
-             inference: Optional[InferenceConfig] = None) -> Dict[str, Any]:
+             inference: Optional[InferenceConfig] = None, group_by: Optional[str] = None) -> Dict[str, Any]:
     """Runs ``model`` over ``dataset`` and returns the FCN scores plus the confusion matrix.
 
     ``inference`` (:class:`keras_seg.inference.InferenceConfig`) chooses sliding windows,
     multi-scale and flip; ``None`` is one whole-image pass.
 
+    ``group_by`` (a field of the records' ``image/meta``, e.g. ``"sequence"`` for CamVid or
+    ``"city"`` for Cityscapes) also scores each group of images that share the field's value.
+    The dataset must then come from ``DataConfig(with_meta=True)``. ``scores["groups"]`` maps
+    each value, in sorted order, to that group's scores with its ``num_images`` and
+    ``confusion_matrix``; the groups' matrices sum to the whole's.
+
     The model runs on this process alone, outside ``strategy.run``, so no collective op is
     involved. With a multi-worker ``strategy`` each worker passes its own shard of the data,
     and the confusion matrices are summed over the workers at the end (one collective, so
-    every worker must call this). ``jit_compile`` runs the forward pass under XLA, which
-    compiles once per distinct batch shape: use it where the images share one size.
+    every worker must call this; ``group_by`` is refused there). ``jit_compile`` runs the
+    forward pass under XLA, which compiles once per distinct batch shape: use it where the
+    images share one size.
     """
+    if group_by is not None and strategy is not None and num_workers(strategy) > 1:
+        raise ValueError(f"group_by={group_by!r} scores one process's images; evaluate on a single worker.")
     metric = StreamingConfusionMatrixMetric(num_classes, ignore_label)
 
     def forward(images):
@@ -41,23 +51,48 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
     if jit_compile:
         forward = tf.function(forward, jit_compile=True)
 
-    # reduce_retracing: after two image sizes the graph takes any size, instead of one trace
-    # per size (VOC's val split has hundreds of sizes).
-    @tf.function(reduce_retracing=True)
-    def step(images, labels):
-        metric.update_state(labels, forward(images))
+    if inference is None or inference.plain:
+        # reduce_retracing: after two image sizes the graph takes any size, instead of one
+        # trace per size (VOC's val split has hundreds of sizes).
+        @tf.function(reduce_retracing=True)
+        def step(images, labels):
+            metric.update_state(labels, forward(images))
 
-    if inference is not None and not inference.plain:
+        @tf.function(reduce_retracing=True)
+        def classes(images):
+            return tf.argmax(forward(images), axis=-1, output_type=tf.int32)
+    else:  # Python loops over windows, scales and flips
         probs = make_probabilities(model)
 
-        def step(images, labels):  # noqa: F811  (Python loops over windows, scales and flips)
+        def step(images, labels):
             metric.update_state(labels, predict_probabilities(model, images, inference, probs))
+
+        def classes(images):
+            return tf.argmax(predict_probabilities(model, images, inference, probs), axis=-1, output_type=tf.int32)
+
+    groups: Dict[str, Any] = {}
+
+    def grouped_step(images, labels, keys, metas):
+        pred = classes(images)
+        metric.update_state(labels, pred)
+        for i, (key, meta) in enumerate(zip(keys.numpy(), metas.numpy())):
+            value = meta_field(meta, key, group_by)
+            if value not in groups:
+                groups[value] = [StreamingConfusionMatrixMetric(num_classes, ignore_label), 0]
+            groups[value][0].update_state(labels[i:i + 1], pred[i:i + 1])
+            groups[value][1] += 1
 
     n = 0
     start = time.time()
-    for images, labels, _ in dataset:
-        step(images, labels)
-        n += int(images.shape[0])
+    for batch in dataset:
+        if group_by is None:
+            step(batch[0], batch[1])
+        elif len(batch) < 5:
+            raise ValueError(f"group_by={group_by!r} needs each record's image/meta: build the dataset with "
+                             f"DataConfig(..., with_meta=True).")
+        else:
+            grouped_step(batch[0], batch[1], batch[3], batch[4])
+        n += int(batch[0].shape[0])
     cm = metric.confusion_matrix()
     if strategy is not None and num_workers(strategy) > 1:
         total = sum_over_workers(strategy, np.append(np.asarray(cm, np.int64).ravel(), n))
@@ -67,7 +102,16 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
         log(f"evaluated {n} images in {time.time() - start:.1f}s")
     scores["num_images"] = n
     scores["confusion_matrix"] = cm
-    scores["traces"] = int(step.experimental_get_tracing_count()) if hasattr(step, "experimental_get_tracing_count") else None
+    traced = classes if group_by is not None else step
+    scores["traces"] = (int(traced.experimental_get_tracing_count())
+                        if hasattr(traced, "experimental_get_tracing_count") else None)
+    if group_by is not None:
+        scores["groups"] = {}
+        for value in sorted(groups):
+            group_metric, count = groups[value]
+            group_cm = group_metric.confusion_matrix()
+            scores["groups"][value] = {**scores_from_confusion_matrix(group_cm), "num_images": count,
+                                       "confusion_matrix": group_cm}
     return scores
 
 
@@ -117,8 +161,27 @@ def format_iou_table(scores: Dict[str, Any], class_names: List[str]) -> str:
     return "\n".join(lines)
 
 
+def format_group_table(scores: Dict[str, Any], class_names: List[str], group_by: str) -> str:
+    """One row per group of :func:`evaluate`'s ``scores["groups"]`` and one for all images:
+    images, mean IoU, pixel and class accuracy, then each class's IoU, all in %."""
+    rows = [(value, g) for value, g in scores["groups"].items()] + [("all", scores)]
+    first = max([len(group_by)] + [len(value) for value, _ in rows])
+    heads = ["images", "mean_iu", "acc", "acc_cls"] + list(class_names)
+    widths = [max(len(h), 6) for h in heads]
+
+    def pct(v):
+        return "n/a" if v is None or np.isnan(v) else f"{100 * v:.1f}"
+
+    lines = [f"{group_by:<{first}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths))]
+    for value, g in rows:
+        cells = [str(g["num_images"]), pct(g["mean_iu"]), pct(g["acc"]), pct(g["acc_cls"])]
+        cells += [pct(v) for v in g["iu"]]
+        lines.append(f"{value:<{first}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
 def scores_to_json(scores: Dict[str, Any], class_names: List[str], step: int) -> Dict[str, Any]:
-    """A JSON-safe record of an evaluation (NaN IoUs become null)."""
+    """A JSON-safe record of an evaluation (NaN IoUs become null), with its ``groups`` if it has them."""
     def f(v):
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -128,4 +191,6 @@ def scores_to_json(scores: Dict[str, Any], class_names: List[str], step: int) ->
         **{k: f(scores[k]) for k in ("acc", "acc_cls", "mean_iu", "fwavacc")},
         "iu": {name: f(float(v)) for name, v in zip(class_names, scores["iu"])},
         "confusion_matrix": np.asarray(scores["confusion_matrix"]).astype(np.int64).tolist(),
+        **({"groups": {value: {k: v for k, v in scores_to_json(g, class_names, step).items() if k != "step"}
+                       for value, g in scores["groups"].items()}} if "groups" in scores else {}),
     }
