@@ -5,7 +5,8 @@ Learning curves, from the TensorBoard files the trainer writes:
     python -m keras_seg.plot --model_dir=runs/zoo/enet_camvid [--out=curves.png] [--csv=curves.csv]
 
 Draws train loss, learning rate and val mean IoU against the step, and val mean IoU against
-wall-clock hours (labelled with the run's ``--eval_split`` from its ``flags.txt``, when not val), into one PNG (default ``<model_dir>/curves.png``). ``--csv`` also writes the
+wall-clock hours, into one PNG (default ``<model_dir>/curves.png``); the IoU panels name the
+run's ``--eval_split`` from its ``flags.txt`` (val when absent). ``--csv`` also writes the
 evaluation curve as ``step,hours,mean_iu`` rows. Hours count from the moment the trainer
 opened its summary files (after building the model), so a resumed run's hours include the
 time it was stopped.

@@ -72,9 +72,8 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
 
     groups: Dict[str, Any] = {}
 
-    def grouped_step(images, labels, keys, metas):
+    def grouped_step(images, labels, keys, metas):  # the groups' matrices, summed after the loop, are the whole's
         pred = classes(images)
-        metric.update_state(labels, pred)
         for i, (key, meta) in enumerate(zip(keys.numpy(), metas.numpy())):
             value = meta_field(meta, key, group_by)
             if value not in groups:
@@ -93,7 +92,11 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
         else:
             grouped_step(batch[0], batch[1], batch[3], batch[4])
         n += int(batch[0].shape[0])
-    cm = metric.confusion_matrix()
+    if group_by is None:
+        cm = metric.confusion_matrix()
+    else:
+        group_cms = {value: groups[value][0].confusion_matrix() for value in sorted(groups)}
+        cm = sum(group_cms.values(), np.zeros((num_classes, num_classes), np.int64))
     if strategy is not None and num_workers(strategy) > 1:
         total = sum_over_workers(strategy, np.append(np.asarray(cm, np.int64).ravel(), n))
         cm, n = total[:-1].reshape(np.shape(cm)), int(total[-1])
@@ -107,10 +110,8 @@ def evaluate(model: keras.Model, dataset: tf.data.Dataset, num_classes: int, ign
                         if hasattr(traced, "experimental_get_tracing_count") else None)
     if group_by is not None:
         scores["groups"] = {}
-        for value in sorted(groups):
-            group_metric, count = groups[value]
-            group_cm = group_metric.confusion_matrix()
-            scores["groups"][value] = {**scores_from_confusion_matrix(group_cm), "num_images": count,
+        for value, group_cm in group_cms.items():
+            scores["groups"][value] = {**scores_from_confusion_matrix(group_cm), "num_images": groups[value][1],
                                        "confusion_matrix": group_cm}
     return scores
 
