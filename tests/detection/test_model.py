@@ -10,8 +10,11 @@ import tensorflow as tf
 from keras_seg.detection import layers as det_layers
 from keras_seg.detection.model import LOSS_NAMES, build_mask_rcnn, inference_model_from, transfer_weights
 
+# width 16, not 8: TF 2.21's oneDNN computes the weight gradient of a 1x1 stride-2 conv (the ResNet
+# shortcut of stage 2) with fewer input channels than its SIMD block (16 on AVX-512, 8 on AVX2) past
+# its workspace: heap corruption or wrong gradients (uxlfoundation/oneDNN#6035; README, Known issues).
 TINY = dict(
-    backbone="resnet18", backbone_options=dict(blocks=(1, 1, 1, 1), width=8), fpn_width=16, box_fc_width=32,
+    backbone="resnet18", backbone_options=dict(blocks=(1, 1, 1, 1), width=16), fpn_width=16, box_fc_width=32,
     mask_width=16, mask_num_convs=2, rpn_batch_per_image=32, rpn_pre_nms_topk=(64, 32), rpn_post_nms_topk=(32, 16),
     roi_batch_per_image=16, max_instances=2, max_detections=5,
 )
@@ -76,7 +79,7 @@ def test_adam_steps_lower_the_losses():
     assert all(np.isfinite(list(h.values())).all() for h in history), history
     # The box-head loss is left out: its RoIs are the RPN's proposals, which change as the RPN
     # learns; early on more proposals overlap the gt and enter as foreground with non-zero box
-    # targets, so it may rise (with this seed 0.0 -> 0.18 while the total of the rest falls).
+    # targets, so it may rise while the total of the rest falls.
     for name in ("rpn_objectness", "classification", "mask"):
         assert history[-1][name] < history[0][name], (name, history)
     rest = [sum(v for k, v in h.items() if k != "box") for h in history]
