@@ -25,9 +25,7 @@ SCRIPT = textwrap.dedent("""
     from keras_seg.detection.model import LOSS_NAMES, build_mask_rcnn
     from keras_seg.detection.trainer import make_detection_step
 
-    # width 16, not 8: TF 2.21's oneDNN computes the weight gradient of a 1x1 stride-2 conv (the ResNet
-    # shortcut of stage 2) with fewer input channels than its SIMD block (16 on AVX-512, 8 on AVX2) past
-    # its workspace: heap corruption or wrong gradients (uxlfoundation/oneDNN#6035; README, Known issues).
+    # width 16, not 8: 8 trips TF 2.21's oneDNN 1x1 stride-2 weight-gradient bug on AVX-512 (README, Known issues).
     tiny = dict(backbone="resnet18", backbone_options=dict(blocks=(1, 1, 1, 1), width=16), fpn_width=16,
                 box_fc_width=32, mask_width=16, mask_num_convs=1, rpn_batch_per_image=32,
                 rpn_pre_nms_topk=(64, 32), rpn_post_nms_topk=(32, 16), roi_batch_per_image=16, max_instances=2,

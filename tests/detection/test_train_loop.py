@@ -14,9 +14,7 @@ from PIL import Image
 from keras_seg.detection.options import DetectionEvalConfig, DetectionExportConfig, DetectionPredictConfig, \
     DetectionTrainConfig
 
-# width 16, not 8: TF 2.21's oneDNN computes the weight gradient of a 1x1 stride-2 conv (the ResNet
-# shortcut of stage 2) with fewer input channels than its SIMD block (16 on AVX-512, 8 on AVX2) past
-# its workspace: heap corruption or wrong gradients (uxlfoundation/oneDNN#6035; README, Known issues).
+# width 16, not 8: 8 trips TF 2.21's oneDNN 1x1 stride-2 weight-gradient bug on AVX-512 (README, Known issues).
 TINY = dict(
     image_size=(64, 64), max_instances=8, backbone_blocks=(1, 1, 1, 1), backbone_width=16, fpn_width=16,
     anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0), rpn_batch_per_image=32, rpn_pre_nms_topk=(64, 32),
